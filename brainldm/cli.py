@@ -1,0 +1,215 @@
+"""The ``brainldm`` command line.
+
+Each subcommand is a thin wrapper: it parses options into the settings dataclasses of
+the core and calls one function of ``brainldm.logic`` / ``brainldm.detect`` /
+``brainldm.train`` / ``brainldm.evaluate``. Heavy imports (torch, nibabel) happen inside
+the command functions so ``brainldm --help`` stays instant.
+
+User errors (:class:`brainldm.errors.BrainLDMError`) are printed as one clear message and
+exit with status 2; anything else is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from brainldm import __version__
+from brainldm.errors import BrainLDMError
+
+log = logging.getLogger("brainldm")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _add_subject_inputs(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("input (a subject folder or four files)")
+    group.add_argument("--subject", type=Path, help="folder holding one subject in BraTS 2023 or 2021 naming")
+    for seq, title in (("t1n", "T1"), ("t1c", "T1 contrast-enhanced"), ("t2w", "T2"), ("t2f", "T2-FLAIR")):
+        group.add_argument(f"--{seq}", type=Path, help=f"{title} NIfTI file")
+    group.add_argument("--reference", type=Path, help="reference tumour segmentation (labels > 0 = tumour) for Dice")
+
+
+def _add_detection_options(parser: argparse.ArgumentParser) -> None:
+    from brainldm.detect.settings import DetectionSettings
+
+    d = DetectionSettings()
+    group = parser.add_argument_group("detection")
+    group.add_argument("--model", type=Path, help="model bundle folder (default: the shipped default model)")
+    group.add_argument("--encoder", choices=["edict", "ddim"], default=d.encoder)
+    group.add_argument("--steps", type=int, default=d.steps, help="N, diffusion steps (default %(default)s)")
+    group.add_argument("--guidance", type=_positive_float, default=d.guidance, help="C, classifier-free guidance")
+    group.add_argument("--mix", type=float, default=d.mix, help="EDICT mixing weight omega (default %(default)s)")
+    group.add_argument("--threshold", choices=["otsu", "graddiff"], default=d.threshold)
+    group.add_argument("--overlap", type=float, choices=[0.0, 0.25, 0.5], default=d.overlap)
+    group.add_argument("--mode", choices=["auto", "whole", "windows", "slices"], default=d.mode)
+    group.add_argument(
+        "--mask-brain", action=argparse.BooleanOptionalAction, default=d.mask_brain,
+        help="restrict the anomaly map to the brain mask (default on)",
+    )
+    group.add_argument("--seed", type=int, default=d.seed)
+    group.add_argument("--device", default=d.device, help="torch device, e.g. cpu or cuda")
+
+
+def _detection_settings(args: argparse.Namespace):
+    from brainldm.detect.settings import DetectionSettings
+
+    return DetectionSettings(
+        encoder=args.encoder, steps=args.steps, guidance=args.guidance, mix=args.mix,
+        threshold=args.threshold, overlap=args.overlap, mode=args.mode, mask_brain=args.mask_brain,
+        seed=args.seed, device=args.device,
+    ).validate()
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from brainldm.logic.phantoms import PhantomRequest, make_phantoms
+
+    request = PhantomRequest(
+        out_dir=args.out, seed=args.seed, count=args.count, lesion_diameter_mm=args.lesion_diameter,
+        n_tumours=args.tumours, healthy=args.healthy, png=args.png, anatomy=args.anatomy, overwrite=args.overwrite,
+    )
+    for folder in make_phantoms(request):
+        print(folder)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from brainldm.logic.demo import DemoRequest, run_demo
+
+    run_demo(DemoRequest(out_dir=args.out, seed=args.seed, lesion_diameter_mm=args.lesion_diameter,
+                         baseline_only=args.baseline, model=args.model, steps=args.steps))
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from brainldm.logic.demo import _progress_bar
+    from brainldm.logic.detection import SubjectInputs, run_segmentation
+
+    files = {seq: getattr(args, seq) for seq in ("t1n", "t1c", "t2w", "t2f") if getattr(args, seq) is not None}
+    inputs = SubjectInputs(subject_dir=args.subject, files=files, reference=args.reference)
+    bar, update = _progress_bar()
+    try:
+        report = run_segmentation(inputs, args.out, _detection_settings(args), model=args.model,
+                                  overwrite=args.overwrite, progress=update)
+    finally:
+        bar.close()
+    line = f"{report['subject']}: {report['segmented_voxels']} voxels segmented in {report['total_seconds']:.1f} s"
+    if report["metrics"]:
+        line += f"; Dice {report['metrics']['dice']:.3f}, specificity {report['metrics']['specificity']:.4f}"
+    print(line)
+    for warning in report["warnings"]:
+        print(f"warning: {warning}")
+    print(f"outputs in {args.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from brainldm.evaluate.evaluation import EvaluationRequest, evaluate
+    from brainldm.logic.detection import load_model
+
+    settings = _detection_settings(args)
+    bundle = load_model(args.model, device=settings.device)
+    ablation = load_model(args.ablation_model, device=settings.device) if args.ablation_model else None
+    request = EvaluationRequest(data_dir=args.data, out_dir=args.out, split=args.split, settings=settings,
+                                limit=args.limit)
+    results = evaluate(request, bundle, ablation)
+    print(f"{'method':<18} {'Dice (95% CI)':<24} specificity   [{len(results['subjects'])} subjects]")
+    for group, by_method in results["summary"].items():
+        print(f"-- {group}")
+        for method, entry in by_method.items():
+            d, s = entry.get("dice"), entry.get("specificity")
+            if d and s:
+                print(f"{method:<18} {d['mean']:.3f} ({d['ci95'][0]:.3f}-{d['ci95'][1]:.3f})      {s['mean']:.4f}")
+    print(f"results in {args.out} (results.json, results.csv, results.png)")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="brainldm",
+        description="Weakly supervised brain tumour detection with latent diffusion (BrainLDM).",
+    )
+    parser.add_argument("--version", action="version", version=f"brainldm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("phantom", help="generate realistic brain phantoms with exact tumour labels")
+    p.add_argument("--out", type=Path, required=True, help="output folder (BraTS 2023 layout)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--count", type=int, default=1, help="number of subjects (seeds seed, seed+1, ...)")
+    p.add_argument("--lesion-diameter", type=float, default=20.0,
+                   help="in-plane tumour diameter in mm (5-50; default %(default)s)")
+    p.add_argument("--tumours", type=int, default=1, help="number of tumours per subject")
+    p.add_argument("--healthy", action="store_true", help="make healthy subjects (no tumour)")
+    p.add_argument("--anatomy", choices=["mni152", "sri24"], default="mni152",
+                   help="anatomy source: nilearn's MNI152 (always available) or ../shared SRI24 tissues")
+    p.add_argument("--png", action="store_true", help="also write an overview picture per subject")
+    p.add_argument("--overwrite", action="store_true", help="replace existing subject folders")
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("demo", help="the main job: a phantom with a tumour, detected end to end on the CPU")
+    p.add_argument("--out", type=Path, default=Path("brainldm-demo"), help="output folder (default %(default)s)")
+    p.add_argument("--seed", type=int, default=20261125, help="phantom seed (never used in training)")
+    p.add_argument("--lesion-diameter", type=float, default=20.0)
+    p.add_argument("--model", type=Path, help="model bundle (default: the shipped default model)")
+    p.add_argument("--steps", type=int, default=None, help="override N")
+    p.add_argument("--baseline", action="store_true", help="run only the FLAIR intensity baseline")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("segment", help="detect anomalies in one subject: counterfactuals, maps, segmentation")
+    _add_subject_inputs(p)
+    _add_detection_options(p)
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("evaluate", help="Dice/specificity on a folder of subjects, with baselines")
+    p.add_argument("--data", type=Path, required=True, help="folder of subjects with reference segmentations")
+    p.add_argument("--out", type=Path, required=True, help="output folder for results.json/.csv/.png")
+    p.add_argument("--split", choices=["all", "train", "val", "test"], default="all")
+    p.add_argument("--ablation-model", type=Path, help="second model to compare (e.g. uniform-sampler ablation)")
+    p.add_argument("--limit", type=int, help="evaluate at most this many subjects")
+    _add_detection_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except BrainLDMError as error:
+        print(f"brainldm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"brainldm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

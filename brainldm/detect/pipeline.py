@@ -1,0 +1,286 @@
+"""Healthy counterfactuals and anomaly segmentation of one subject (thesis §3.4.3, DESIGN.md §2).
+
+::
+
+    Subject -> preprocess (brain mask, crop, normalise to [-1, 1])
+            -> first-stage encoder E -> z0 ;  D(z0) = reconstruction
+            -> invert z0 over N steps with the null label (DDIM or EDICT)  -> zN
+            -> generate from zN over N steps toward "healthy" with guidance C -> z0'
+            -> D(z0') = counterfactual
+            -> |reconstruction - counterfactual| averaged over sequences = anomaly map
+            -> (GradDiff ROI) -> one Otsu threshold -> binary opening = segmentation
+            -> everything pasted back into the subject's grid (raw intensities for images)
+
+How the latent is cut for the denoiser depends on the model and ``settings.mode``:
+``whole`` (``coords`` models, the fast path), ``windows`` (thesis patch inference with
+overlap) or ``slices`` (2D models). ``auto`` picks ``whole`` for ``coords`` 3D models,
+``windows`` for other 3D models and ``slices`` for 2D ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from brainldm.data.preprocess import PreparedSubject, preprocess_subject
+from brainldm.data.subject import Subject
+from brainldm.detect.maps import GradDiffRecorder, anomaly_map, graddiff_map, graddiff_roi, segment_from_map
+from brainldm.detect.settings import DetectionResult, DetectionSettings
+from brainldm.detect.windows import SliceBatchDenoiser, SlidingWindowDenoiser, WholeVolumeDenoiser
+from brainldm.diffusion.guidance import make_noise_fn
+from brainldm.diffusion.sampler import SamplerSettings, final_latent, generate, invert
+from brainldm.errors import BrainLDMError, SettingsError
+from brainldm.evaluate.metrics import segmentation_metrics
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]
+CancelCheck = Callable[[], bool]
+
+HEALTHY = 0  # label constants of brainldm.nets.denoiser (kept in sync by a test)
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+def resolve_mode(bundle, settings: DetectionSettings) -> str:
+    """The inference mode for this model: see the module docstring."""
+    spatial_dims = bundle.spatial_dims
+    position = getattr(bundle.denoiser_config, "position_embedding", "none")
+    mode = settings.mode
+    if mode == "auto":
+        if spatial_dims == 2:
+            return "slices"
+        return "whole" if position == "coords" else "windows"
+    if spatial_dims == 2 and mode != "slices":
+        raise SettingsError(f"this is a 2D model: use mode 'slices' (or 'auto'), not {mode!r}")
+    if spatial_dims == 3 and mode == "slices":
+        raise SettingsError("this is a 3D model: use mode 'whole', 'windows' or 'auto'")
+    if mode == "whole" and position == "sin":
+        raise SettingsError("models with the 'sin' patch embedding need 'windows' mode (they saw only patch starts)")
+    return mode
+
+
+def _memory_hint(error: RuntimeError, mode: str) -> BrainLDMError:
+    hint = ("use --mode windows with a smaller --overlap" if mode == "whole"
+            else "lower the window batch or --overlap, or run on a machine with more memory")
+    return BrainLDMError(f"out of memory during detection ({error}); {hint}")
+
+
+# --------------------------------------------------------------------------- first stage
+
+
+def _to_slices(images: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """(4, x, y, z) -> (S, 4, x, y) for the axial slices that hold brain, and their z indices."""
+    z_with_brain = np.flatnonzero(mask.any(axis=(0, 1)))
+    slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(images[..., z_with_brain], -1, 0)))
+    return slices, z_with_brain
+
+
+def _from_slices(volume_slices: np.ndarray, z_index: np.ndarray, shape: tuple[int, ...], fill: float) -> np.ndarray:
+    """(S, C, x, y) -> (C, x, y, z) with ``fill`` on the slices that were not processed."""
+    out = np.full((volume_slices.shape[1], *shape), fill, dtype=np.float32)
+    out[..., z_index] = np.moveaxis(volume_slices, 0, -1)
+    return out
+
+
+def _decode(autoencoder, z: torch.Tensor, chunk: int) -> torch.Tensor:
+    if z.ndim == 4 and z.shape[0] > chunk:  # 2D slices: decode in chunks
+        return torch.cat([autoencoder.decode(z[i:i + chunk]) for i in range(0, z.shape[0], chunk)])
+    return autoencoder.decode(z)
+
+
+def _encode(autoencoder, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    if x.ndim == 4 and x.shape[0] > chunk:
+        return torch.cat([autoencoder.encode(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
+    return autoencoder.encode(x)
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def detect(
+    subject: Subject,
+    bundle,
+    settings: DetectionSettings | None = None,
+    progress: Progress | None = None,
+    cancel: CancelCheck | None = None,
+    record_graddiff: bool | None = None,
+) -> DetectionResult:
+    """Detect anomalies in ``subject`` with a trained :class:`~brainldm.nets.bundle.ModelBundle`.
+
+    ``progress(stage, fraction)`` is called as work advances (fraction of the whole job in
+    [0, 1]); ``cancel()`` is polled between diffusion steps and raises
+    :class:`brainldm.diffusion.sampler.Cancelled` when it returns True. GradDiff maps are
+    recorded when ``settings.threshold == "graddiff"`` or ``record_graddiff`` is True.
+    """
+    settings = (settings or DetectionSettings()).validate()
+    report = progress or (lambda stage, fraction: None)
+    timer = _Timer()
+    warnings: list[str] = []
+    device = torch.device(settings.device)
+    torch.manual_seed(settings.seed)
+    mode = resolve_mode(bundle, settings)
+    want_graddiff = settings.threshold == "graddiff" if record_graddiff is None else bool(record_graddiff)
+    bundle.to(device)
+    autoencoder, denoiser = bundle.autoencoder.eval(), bundle.denoiser.eval()
+    start_all = time.perf_counter()
+
+    report("preprocess", 0.0)
+    with timer.stage("preprocess"):
+        prepared: PreparedSubject = preprocess_subject(subject, bundle.preprocess_config)
+    mask = prepared.mask
+    n_steps = settings.steps
+    # progress: encode 5 %, inversion 45 %, generation 45 %, decode + maps 5 %
+    try:
+        with torch.inference_mode():
+            report("encode", 0.02)
+            with timer.stage("encode"):
+                if mode == "slices":
+                    x, z_index = _to_slices(prepared.images, mask)
+                else:
+                    x = torch.from_numpy(prepared.images)[None]
+                x = x.to(device)
+                z0 = _encode(autoencoder, x, chunk=32)
+                reconstruction = _decode(autoencoder, z0, chunk=32)
+            z0 = z0 * float(bundle.latent_scale)
+            net = _denoiser_for(mode, bundle, denoiser, settings, mask, z0, device)
+            sampler = SamplerSettings(method=settings.encoder, num_steps=n_steps, omega=settings.mix)
+            schedule = bundle.schedule
+
+            def step_progress(offset: float, stage: str):
+                def callback(step_index, num_steps, t, info):
+                    report(stage, offset + 0.45 * (step_index + 1) / num_steps)
+                return callback
+
+            with timer.stage("inversion"):
+                null_label = int(getattr(bundle.denoiser_config, "num_classes", 2))
+                eps_null = make_noise_fn(net, label=null_label, null_label=null_label)
+                z_T = invert(z0, eps_null, schedule, sampler, callback=step_progress(0.05, "inversion"),
+                             cancel=cancel)
+            recorder = GradDiffRecorder(n_steps) if want_graddiff else None
+            with timer.stage("generation"):
+                eps_healthy = make_noise_fn(net, label=HEALTHY, null_label=null_label, scale=settings.guidance,
+                                            with_pseudo_gradient=want_graddiff)
+                callbacks = [step_progress(0.5, "generation")]
+                if recorder is not None:
+                    callbacks.append(recorder)
+
+                def callback(step_index, num_steps, t, info):
+                    for cb in callbacks:
+                        cb(step_index, num_steps, t, info)
+
+                z_cf = final_latent(generate(z_T, eps_healthy, schedule, sampler, callback=callback, cancel=cancel))
+            report("decode", 0.95)
+            with timer.stage("decode"):
+                counterfactual = _decode(autoencoder, z_cf / float(bundle.latent_scale), chunk=32)
+            reconstruction = reconstruction.float().cpu().numpy()
+            counterfactual = counterfactual.float().cpu().numpy()
+            latent_graddiff = recorder.latent_map() if recorder is not None else None
+    except RuntimeError as error:
+        if "memory" in str(error).lower() or "alloc" in str(error).lower():
+            raise _memory_hint(error, mode) from error
+        raise
+
+    with timer.stage("maps"):
+        if mode == "slices":
+            reconstruction = _from_slices(reconstruction, z_index, mask.shape, fill=-1.0)
+            counterfactual = _from_slices(counterfactual, z_index, mask.shape, fill=-1.0)
+        else:
+            reconstruction, counterfactual = reconstruction[0], counterfactual[0]
+        if settings.mask_brain:
+            counterfactual = np.where(mask[None], counterfactual, -1.0).astype(np.float32)
+        amap = anomaly_map(reconstruction, counterfactual, brain_mask=mask if settings.mask_brain else None)
+        rec_error = anomaly_map(prepared.images, reconstruction, brain_mask=mask)
+        gmap = roi = None
+        if latent_graddiff is not None:
+            gmap = _graddiff_image_map(latent_graddiff, mode, z_index if mode == "slices" else None, mask.shape)
+            if settings.mask_brain:
+                gmap = np.where(mask, gmap, 0.0).astype(np.float32)
+            if settings.threshold == "graddiff":
+                roi_seg = graddiff_roi(gmap, brain_mask=mask)
+                if roi_seg.no_signal:
+                    warnings.append(f"GradDiff gave no region of interest ({roi_seg.warning}); plain Otsu used")
+                else:
+                    roi = roi_seg.mask
+        seg = segment_from_map(amap, brain_mask=mask, method="otsu", opening_radius=settings.opening_radius, roi=roi)
+        if seg.warning:
+            warnings.append(seg.warning)
+        if not seg.mask.any():
+            warnings.append("no anomaly was found: the segmentation is empty")
+
+    with timer.stage("to_subject_grid"):
+        result = DetectionResult(
+            reconstruction=prepared.to_subject_images(reconstruction),
+            counterfactual=prepared.to_subject_images(counterfactual),
+            anomaly_map=prepared.to_subject_grid(amap.astype(np.float32), fill=0.0),
+            segmentation=prepared.to_subject_grid(seg.mask.astype(np.uint8), fill=0),
+            brain_mask=prepared.to_subject_grid(mask, fill=False),
+            reconstruction_error=prepared.to_subject_grid(rec_error.astype(np.float32), fill=0.0),
+            threshold=float(seg.threshold),
+            graddiff_map=None if gmap is None else prepared.to_subject_grid(gmap.astype(np.float32), fill=0.0),
+            warnings=warnings,
+        )
+    if subject.seg is not None:
+        result.metrics = segmentation_metrics(result.segmentation > 0, subject.seg > 0)
+    timer.timings["total"] = round(time.perf_counter() - start_all, 3)
+    result.timings = timer.timings
+    result.timings["denoiser_calls"] = float(net.calls)
+    result.timings["mode_" + mode] = 1.0
+    result.peak_memory_mb = round(peak_memory_mb(), 1)
+    for warning in warnings:
+        log.warning("%s: %s", subject.subject_id, warning)
+    report("done", 1.0)
+    return result
+
+
+def _denoiser_for(mode, bundle, denoiser, settings, mask, z0, device):
+    multiple = int(getattr(bundle.denoiser_config, "size_multiple", 1))
+    if mode == "whole":
+        return WholeVolumeDenoiser(denoiser, size_multiple=multiple)
+    if mode == "slices":
+        return SliceBatchDenoiser(denoiser, size_multiple=multiple, batch_size=32)
+    window = bundle.latent_patch_size
+    if not window:
+        raise SettingsError("this model bundle does not record its training patch size; use --mode whole")
+    latent_mask = _latent_mask(mask, z0.shape[2:])
+    return SlidingWindowDenoiser(denoiser, window, overlap=settings.overlap, brain=latent_mask.to(device),
+                                 batch_size=settings.window_batch)
+
+
+def _latent_mask(mask: np.ndarray, latent_shape) -> torch.Tensor:
+    """Brain mask on the latent grid: a latent voxel is brain if any image voxel under it is."""
+    m = torch.from_numpy(mask.astype(np.float32))[None, None]
+    return F.adaptive_max_pool3d(m, tuple(int(s) for s in latent_shape))[0, 0] > 0
+
+
+def _graddiff_image_map(latent_map: torch.Tensor, mode: str, z_index, shape) -> np.ndarray:
+    if mode == "slices":
+        # latent_map (S, C, x', y') -> upsample each slice -> (S, x, y) -> (x, y, z)
+        per_slice = graddiff_map(latent_map, shape[:2])
+        out = np.zeros(shape, dtype=np.float32)
+        out[..., z_index] = np.moveaxis(per_slice, 0, -1)
+        return out
+    return graddiff_map(latent_map, shape)[0]  # (1, C, x', y', z') -> (x, y, z)

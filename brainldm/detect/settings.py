@@ -1,0 +1,75 @@
+"""Settings and results of anomaly detection (what `brainldm segment` and the UIs pass around)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from brainldm.errors import SettingsError
+
+
+@dataclass
+class DetectionSettings:
+    """How to turn a scan into a healthy counterfactual and a segmentation.
+
+    Defaults follow the thesis's best setting scaled for CPU (EDICT, C = 5, omega = 0.97;
+    thesis Table 3.4) with N = 50 steps.
+    """
+
+    encoder: Literal["edict", "ddim"] = "edict"
+    steps: int = 50  # N: DDIM/EDICT steps for inversion and for generation
+    guidance: float = 5.0  # C in Eq. 2.45
+    mix: float = 0.97  # EDICT mixing weight omega (Eq. 2.52)
+    threshold: Literal["otsu", "graddiff"] = "otsu"
+    overlap: float = 0.25  # sliding-window overlap for patch models (0, 0.25, 0.5)
+    mask_brain: bool = True  # restrict the counterfactual/anomaly map to the brain (thesis Table 3.5)
+    opening_radius: int = 1  # binary opening after thresholding
+    mode: Literal["auto", "whole", "windows", "slices"] = "auto"
+    window_batch: int = 4  # windows per denoiser call in sliding-window mode
+    seed: int = 0
+    device: str = "cpu"
+
+    def validate(self) -> "DetectionSettings":
+        if self.encoder not in ("edict", "ddim"):
+            raise SettingsError(f"encoder must be 'edict' or 'ddim', got {self.encoder!r}")
+        if not 1 <= self.steps <= 1000:
+            raise SettingsError(f"steps (N) must be between 1 and 1000, got {self.steps}")
+        if not 0.0 <= self.guidance <= 50.0:
+            raise SettingsError(f"guidance (C) must be between 0 and 50 (thesis uses 0-20), got {self.guidance}")
+        if not 0.5 < self.mix <= 1.0:
+            raise SettingsError(f"mix (omega) must be in (0.5, 1]; the thesis uses 0.91-0.99, got {self.mix}")
+        if self.threshold not in ("otsu", "graddiff"):
+            raise SettingsError(f"threshold must be 'otsu' or 'graddiff', got {self.threshold!r}")
+        if self.overlap not in (0.0, 0.25, 0.5):
+            raise SettingsError(f"overlap must be 0, 0.25 or 0.5, got {self.overlap}")
+        if self.mode not in ("auto", "whole", "windows", "slices"):
+            raise SettingsError(f"mode must be auto, whole, windows or slices, got {self.mode!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DetectionResult:
+    """Everything detection produces, in the subject's canonical grid (see :class:`Subject`).
+
+    ``reconstruction`` and ``counterfactual`` are in the subject's raw intensity units
+    (normalisation undone); maps are float32, ``segmentation`` is uint8 (0/1).
+    """
+
+    reconstruction: np.ndarray  # (4, X, Y, Z)
+    counterfactual: np.ndarray  # (4, X, Y, Z)
+    anomaly_map: np.ndarray  # (X, Y, Z)
+    segmentation: np.ndarray  # (X, Y, Z) uint8
+    brain_mask: np.ndarray  # (X, Y, Z) bool
+    threshold: float
+    graddiff_map: np.ndarray | None = None
+    #: |input - reconstruction| averaged over sequences (normalised units): the autoencoder baseline's map
+    reconstruction_error: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    peak_memory_mb: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)

@@ -1,0 +1,185 @@
+"""Evaluate a model on a folder of subjects against the naive baselines (``brainldm evaluate``).
+
+For every subject with a reference segmentation: the detector's Dice, specificity and
+sensitivity, and on the same subject the baselines of thesis Table 3.4:
+
+- ``flair-otsu`` and ``flair-percentile``: FLAIR intensity thresholding;
+- ``autoencoder``: the first stage's reconstruction error ``|x - D(E(x))|`` (Otsu + opening),
+  i.e. the reconstruction-based detector without diffusion;
+- ``ablation``: a second model (e.g. trained with the uniform patch sampler) run with the same
+  settings, when given.
+
+Summary per method: mean with a percentile-bootstrap 95 % interval (thesis §4.4.1), overall
+and per lesion size group (largest in-plane diameter, thesis §4.3.5). Outputs: ``results.json``,
+``results.csv`` and ``results.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from brainldm.detect.settings import DetectionSettings
+from brainldm.errors import BrainLDMError
+
+log = logging.getLogger(__name__)
+
+SIZE_GROUPS = ((0.0, 7.5, "5 mm"), (7.5, 15.0, "10 mm"), (15.0, 25.0, "20 mm"), (25.0, 1e9, ">25 mm"))
+
+
+@dataclass
+class EvaluationRequest:
+    data_dir: Path
+    out_dir: Path
+    split: str = "all"  # all | train | val | test (deterministic split of the folder's subjects)
+    settings: DetectionSettings = field(default_factory=DetectionSettings)
+    limit: int | None = None
+    bootstrap: int = 1000
+
+
+def size_group(diameter_mm: float) -> str:
+    for low, high, name in SIZE_GROUPS:
+        if low <= diameter_mm < high:
+            return name
+    return "none"
+
+
+def select_subjects(data_dir: Path, split: str):
+    """Complete subjects of ``data_dir`` in the requested split (skipped ones are logged)."""
+    from brainldm.data.io import find_subjects
+    from brainldm.data.split import split_subjects
+
+    subjects, skipped = find_subjects(data_dir, return_skipped=True)
+    for s in skipped:
+        log.warning("skipped %s: %s", s.subject_id, s.reason)
+    if not subjects:
+        raise BrainLDMError(f"no complete subject in {data_dir} (each needs t1n, t1c, t2w and t2f files)")
+    if split != "all":
+        if split not in ("train", "val", "test"):
+            raise BrainLDMError(f"--split must be all, train, val or test, got {split!r}")
+        chosen = set(getattr(split_subjects([s.subject_id for s in subjects]), split))
+        subjects = [s for s in subjects if s.subject_id in chosen]
+        if not subjects:
+            raise BrainLDMError(f"the {split} split of {data_dir} is empty; use --split all")
+    return subjects
+
+
+def summarise(rows: list[dict], methods: list[str], n_bootstrap: int = 1000) -> dict:
+    """Mean and bootstrap 95 % interval of Dice and specificity per method, overall and per size group."""
+    from brainldm.evaluate.metrics import bootstrap_ci
+
+    def stats(selected: list[dict]) -> dict:
+        out = {}
+        for method in methods:
+            entry = {"n": len(selected)}
+            for metric in ("dice", "specificity", "sensitivity"):
+                values = [r[f"{method}_{metric}"] for r in selected if np.isfinite(r.get(f"{method}_{metric}", np.nan))]
+                if values:
+                    mean, low, high = bootstrap_ci(values, n=n_bootstrap, seed=0)
+                    entry[metric] = {"mean": float(mean), "ci95": [float(low), float(high)]}
+            out[method] = entry
+        return out
+
+    summary = {"all": stats(rows)}
+    for _, _, name in SIZE_GROUPS:
+        group = [r for r in rows if r["size_group"] == name]
+        if group:
+            summary[name] = stats(group)
+    return summary
+
+
+def evaluate(request: EvaluationRequest, bundle, ablation=None) -> dict:
+    """Run detection with ``bundle`` (and the ``ablation`` bundle) and the baselines on every
+    selected subject; write and return the results."""
+    from tqdm.auto import tqdm
+
+    from brainldm.data.io import load_subject
+    from brainldm.data.phantom import lesion_diameters_mm
+    from brainldm.detect.maps import segment_from_map
+    from brainldm.detect.pipeline import detect
+    from brainldm.evaluate.baselines import flair_otsu, flair_percentile
+    from brainldm.evaluate.metrics import segmentation_metrics
+
+    settings = request.settings.validate()
+    subjects = select_subjects(Path(request.data_dir), request.split)
+    if request.limit:
+        subjects = subjects[: request.limit]
+    methods = ["model", "flair-otsu", "flair-percentile", "autoencoder"] + (["ablation"] if ablation else [])
+    rows: list[dict] = []
+    out_dir = Path(request.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for files in tqdm(subjects, desc="evaluate", unit="subject"):
+        subject = load_subject(files)
+        if subject.seg is None:
+            log.warning("%s has no reference segmentation; skipped", subject.subject_id)
+            continue
+        reference = subject.seg > 0
+        diameters = lesion_diameters_mm(subject.seg, subject.spacing)
+        start = time.perf_counter()
+        result = detect(subject, bundle, settings)
+        row = {"subject": subject.subject_id, "diameter_mm": round(diameters[0], 1) if diameters else 0.0,
+               "size_group": size_group(diameters[0]) if diameters else "healthy",
+               "seconds": round(time.perf_counter() - start, 2)}
+        predictions = {
+            "model": result.segmentation > 0,
+            "flair-otsu": flair_otsu(subject.images, result.brain_mask).mask,
+            "flair-percentile": flair_percentile(subject.images, result.brain_mask).mask,
+            "autoencoder": segment_from_map(result.reconstruction_error, result.brain_mask).mask,
+        }
+        if ablation is not None:
+            predictions["ablation"] = detect(subject, ablation, settings).segmentation > 0
+        for method, prediction in predictions.items():
+            for metric, value in segmentation_metrics(prediction, reference).items():
+                row[f"{method}_{metric}"] = float(value)
+        rows.append(row)
+        log.info("%s: Dice %.3f (FLAIR %.3f)", subject.subject_id, row["model_dice"], row["flair-percentile_dice"])
+    if not rows:
+        raise BrainLDMError("no subject with a reference segmentation was evaluated")
+    results = {
+        "data_dir": str(request.data_dir), "split": request.split, "model": bundle.model_id,
+        "ablation_model": ablation.model_id if ablation else None, "settings": settings.to_dict(),
+        "subjects": rows, "summary": summarise(rows, methods, request.bootstrap),
+    }
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    with open(out_dir / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    results_figure(rows, methods, out_dir / "results.png", title=f"{bundle.model_id} on {Path(request.data_dir).name}")
+    return results
+
+
+def results_figure(rows: list[dict], methods: list[str], path: Path, title: str = "") -> Path:
+    """Dice per subject and method (dots) with the mean (bar), grouped by lesion size."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    groups = [name for _, _, name in SIZE_GROUPS if any(r["size_group"] == name for r in rows)] or ["all"]
+    fig = Figure(figsize=(2.2 + 2.2 * len(groups), 4.2))
+    ax = fig.subplots()
+    width = 0.8 / len(methods)
+    colours = ["#d62728", "#1f77b4", "#17becf", "#7f7f7f", "#9467bd"]
+    for m, method in enumerate(methods):
+        for g, group in enumerate(groups):
+            values = [r[f"{method}_dice"] for r in rows if group == "all" or r["size_group"] == group]
+            x = g + (m - (len(methods) - 1) / 2) * width
+            if values:
+                ax.bar(x, float(np.mean(values)), width * 0.9, color=colours[m % len(colours)], alpha=0.5,
+                       label=method if g == 0 else None)
+                ax.scatter(np.full(len(values), x), values, s=8, color=colours[m % len(colours)], zorder=3)
+    ax.set_xticks(range(len(groups)), [f"{g}\n(n={sum(r['size_group'] == g for r in rows)})" for g in groups])
+    ax.set_ylabel("Dice")
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=100)
+    return path

@@ -1,0 +1,323 @@
+"""First-stage autoencoders of the LDM (§2.3.2, §3.3.3, §4.3.3).
+
+Two regularisations, both from MONAI and wrapped behind one interface
+(:class:`FirstStage`):
+
+* :class:`KLAutoencoder` - MONAI ``AutoencoderKL``; the encoder predicts a Gaussian
+  posterior ``q(z|x) = N(mu, sigma^2)``; training samples ``z = mu + sigma * e`` and adds
+  the KL divergence to ``N(0, I)``. :meth:`KLAutoencoder.encode` returns the posterior
+  **mean** so that anomaly maps are deterministic (MONAI's ``encode_stage_2_inputs``
+  samples).
+* :class:`VQAutoencoder` - MONAI ``VQVAE`` with an EMA codebook (van den Oord et al.
+  2017): the encoder output snaps to its nearest codebook vector; the loss is the
+  commitment term ``beta * ||z_e - sg(e)||^2`` (beta = 0.25, Table 3.1) and the codebook
+  follows the encoder outputs by exponential moving averages. The nearest-code search is
+  done here in chunks (MONAI builds an ``N x K`` distance matrix and an ``N x K`` one-hot
+  matrix, which for a whole-brain latent and a 16384-code book would be tens of GB); the
+  parameters and buffers are MONAI's own, so state dicts stay compatible.
+
+Image sizes must be multiples of :attr:`FirstStage.compression` per axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from monai.networks.nets import VQVAE, AutoencoderKL
+from torch import nn
+
+from brainldm.errors import SettingsError
+from brainldm.nets.config import AutoencoderConfig
+
+
+@dataclass
+class AutoencoderOutput:
+    """What one training pass of a first stage returns.
+
+    reconstruction:
+        Decoded image, same shape as the input.
+    regularisation_loss:
+        KL: ``KL(q(z|x) || N(0, I))`` summed over latent channels and voxels, averaged
+        over the batch (weight it in the training loss). VQ: commitment loss.
+    latent:
+        The latent that was decoded (KL: the sample ``mu + sigma * e`` in training mode,
+        ``mu`` in eval mode; VQ: the quantised latent with straight-through gradients).
+    """
+
+    reconstruction: torch.Tensor
+    regularisation_loss: torch.Tensor
+    latent: torch.Tensor
+
+
+class FirstStage(nn.Module):
+    """Common interface of the first-stage autoencoders."""
+
+    config: AutoencoderConfig
+
+    def __init__(self, config: AutoencoderConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    @property
+    def compression(self) -> int:
+        """Down-sampling factor per spatial axis (image voxels per latent voxel)."""
+        return self.config.compression
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.latent_channels
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.config.spatial_dims
+
+    def latent_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Latent ``(C, *spatial)`` for an image of spatial shape ``image_shape``."""
+        return (self.latent_channels, *(int(s) // self.compression for s in image_shape))
+
+    def check_image(self, x: torch.Tensor) -> None:
+        """Raise a clear ``ValueError`` unless ``x`` is ``(B, in_channels, *S)`` with S divisible."""
+        cfg = self.config
+        if x.ndim != cfg.spatial_dims + 2 or x.shape[1] != cfg.in_channels:
+            raise ValueError(
+                f"Expected an image batch of shape (B, {cfg.in_channels}, {'X, Y, Z' if cfg.spatial_dims == 3 else 'X, Y'}), "
+                f"got {tuple(x.shape)}."
+            )
+        bad = [int(s) for s in x.shape[2:] if int(s) % self.compression]
+        if bad:
+            raise ValueError(
+                f"Image size {tuple(x.shape[2:])} is not a multiple of the autoencoder's compression "
+                f"{self.compression} in every axis; pad or crop the image first."
+            )
+
+    def check_latent(self, z: torch.Tensor) -> None:
+        cfg = self.config
+        if z.ndim != cfg.spatial_dims + 2 or z.shape[1] != cfg.latent_channels:
+            raise ValueError(
+                f"Expected a latent batch of shape (B, {cfg.latent_channels}, ...) with {cfg.spatial_dims} "
+                f"spatial axes, got {tuple(z.shape)}."
+            )
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic ``decode(encode(x))``."""
+        return self.decode(self.encode(x))
+
+    def forward(self, x: torch.Tensor) -> AutoencoderOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class KLAutoencoder(FirstStage):
+    """KL-regularised autoencoder (MONAI ``AutoencoderKL``)."""
+
+    def __init__(self, config: AutoencoderConfig) -> None:
+        super().__init__(config)
+        levels = len(config.channels)
+        attention_levels = tuple(config.attention and i == levels - 1 for i in range(levels))
+        self.net = AutoencoderKL(
+            spatial_dims=config.spatial_dims,
+            in_channels=config.in_channels,
+            out_channels=config.in_channels,
+            num_res_blocks=config.num_res_blocks,
+            channels=tuple(config.channels),
+            attention_levels=attention_levels,
+            latent_channels=config.latent_channels,
+            norm_num_groups=config.norm_num_groups,
+            with_encoder_nonlocal_attn=config.attention,
+            with_decoder_nonlocal_attn=config.attention,
+            use_checkpoint=config.use_checkpointing,
+        )
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of ``q(z|x)``."""
+        self.check_image(x)
+        z_mu, z_sigma = self.net.encode(x)
+        return z_mu, z_sigma
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Posterior mean (deterministic latent)."""
+        return self.posterior(x)[0]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        self.check_latent(z)
+        return self.net.decode(z)
+
+    @staticmethod
+    def kl_divergence(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
+        """``KL(N(mu, sigma^2) || N(0, 1)) = 1/2 sum(mu^2 + sigma^2 - log sigma^2 - 1)`` per
+        sample (summed over channels and voxels), averaged over the batch."""
+        var = z_sigma.float().pow(2)
+        kl = 0.5 * (z_mu.float().pow(2) + var - torch.log(var.clamp_min(1e-12)) - 1.0)
+        return kl.flatten(1).sum(dim=1).mean()
+
+    def forward(self, x: torch.Tensor, sample: bool | None = None) -> AutoencoderOutput:
+        """Reconstruct ``x``; ``sample`` (default: training mode) decodes a posterior sample."""
+        z_mu, z_sigma = self.posterior(x)
+        if sample is None:
+            sample = self.training
+        z = z_mu + torch.randn_like(z_sigma) * z_sigma if sample else z_mu
+        reconstruction = self.net.decode(z)
+        return AutoencoderOutput(reconstruction, self.kl_divergence(z_mu, z_sigma), z)
+
+
+class VQAutoencoder(FirstStage):
+    """Vector-quantised autoencoder with EMA codebook (MONAI ``VQVAE``)."""
+
+    #: Latent vectors handled per chunk in the nearest-code search (bounds memory to
+    #: ``chunk x num_embeddings`` floats).
+    search_chunk: int = 8192
+
+    def __init__(self, config: AutoencoderConfig) -> None:
+        super().__init__(config)
+        levels = len(config.channels)
+        # First level keeps the resolution (stride 1), each further level halves it, so
+        # compression = 2 ** (levels - 1) like the KL autoencoder and the thesis' channel factor.
+        down = tuple((1, 3, 1, 1) if i == 0 else (2, 4, 1, 1) for i in range(levels))
+        up = tuple((1, 3, 1, 1, 0) if i == levels - 1 else (2, 4, 1, 1, 0) for i in range(levels))
+        self.net = VQVAE(
+            spatial_dims=config.spatial_dims,
+            in_channels=config.in_channels,
+            out_channels=config.in_channels,
+            channels=tuple(config.channels),
+            num_res_layers=config.num_res_blocks,
+            num_res_channels=tuple(config.channels),
+            downsample_parameters=down,
+            upsample_parameters=up,
+            num_embeddings=config.num_embeddings,
+            embedding_dim=config.latent_channels,
+            commitment_cost=config.commitment_cost,
+            decay=config.vq_decay,
+            epsilon=config.vq_epsilon,
+            ddp_sync=False,
+            use_checkpointing=config.use_checkpointing,
+        )
+
+    @property
+    def _ema(self) -> nn.Module:
+        return self.net.quantizer.quantizer
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """``(num_embeddings, latent_channels)`` code vectors."""
+        return self._ema.embedding.weight
+
+    def code_indices(self, z_e: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest code for every latent vector: ``(B, *spatial)`` long."""
+        flat = z_e.movedim(1, -1).reshape(-1, z_e.shape[1]).float()
+        book = self.codebook.float()
+        book_sq = (book * book).sum(dim=1)
+        out = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
+        for begin in range(0, flat.shape[0], self.search_chunk):
+            part = flat[begin : begin + self.search_chunk]
+            # ||a - b||^2 = ||a||^2 + ||b||^2 - 2 a.b ; ||a||^2 is constant per row.
+            dist = book_sq[None, :] - 2.0 * part @ book.t()
+            out[begin : begin + self.search_chunk] = dist.argmin(dim=1)
+        return out.view(z_e.shape[0], *z_e.shape[2:])
+
+    def embed(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code vectors for indices ``(B, *spatial)`` as a channel-first latent."""
+        return self.codebook[indices].movedim(-1, 1).contiguous()
+
+    def quantize(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Snap ``z_e`` to the codebook. Returns (quantised latent with straight-through
+        gradient, commitment loss). In training mode the codebook follows by EMA."""
+        indices = self.code_indices(z_e.detach())
+        quantised = self.embed(indices).to(z_e.dtype)
+        if self.training:
+            self._ema_update(z_e.detach(), indices)
+        loss = self.config.commitment_cost * torch.nn.functional.mse_loss(quantised.detach().float(), z_e.float())
+        quantised = z_e + (quantised - z_e).detach()
+        return quantised, loss
+
+    @torch.no_grad()
+    def _ema_update(self, z_e: torch.Tensor, indices: torch.Tensor) -> None:
+        """EMA codebook update (same arithmetic as MONAI's ``EMAQuantizer`` without one-hot)."""
+        ema = self._ema
+        flat = z_e.movedim(1, -1).reshape(-1, z_e.shape[1]).float()
+        idx = indices.reshape(-1)
+        counts = torch.bincount(idx, minlength=ema.num_embeddings).to(flat.dtype)
+        dw = torch.zeros_like(ema.ema_w).index_add_(0, idx, flat)
+        decay, eps = ema.decay, ema.epsilon
+        ema.ema_cluster_size.data.mul_(decay).add_(counts, alpha=1 - decay)
+        n = ema.ema_cluster_size.sum()
+        weights = (ema.ema_cluster_size + eps) / (n + ema.num_embeddings * eps) * n
+        ema.ema_w.data.mul_(decay).add_(dw, alpha=1 - decay)
+        ema.embedding.weight.data.copy_(ema.ema_w / weights.unsqueeze(1))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Quantised latent (deterministic; never updates the codebook)."""
+        self.check_image(x)
+        z_e = self.net.encode(x)
+        return self.embed(self.code_indices(z_e)).to(z_e.dtype)
+
+    def decode(self, z: torch.Tensor, quantize: bool = True) -> torch.Tensor:
+        """Decode a latent. By default ``z`` is first snapped to the codebook (as MONAI's
+        ``decode_stage_2_outputs``): a denoised latent is not exactly on the codebook."""
+        self.check_latent(z)
+        if quantize:
+            z = self.embed(self.code_indices(z)).to(z.dtype)
+        return self.net.decode(z)
+
+    def forward(self, x: torch.Tensor) -> AutoencoderOutput:
+        self.check_image(x)
+        z_e = self.net.encode(x)
+        quantised, loss = self.quantize(z_e)
+        return AutoencoderOutput(self.net.decode(quantised), loss, quantised)
+
+
+def build_autoencoder(config: AutoencoderConfig) -> FirstStage:
+    """Build the first stage described by ``config``."""
+    if not isinstance(config, AutoencoderConfig):
+        raise SettingsError(f"build_autoencoder needs an AutoencoderConfig, got {type(config).__name__}.")
+    if config.kind == "kl":
+        return KLAutoencoder(config)
+    return VQAutoencoder(config)
+
+
+# --------------------------------------------------------------------------- perceptual loss
+
+
+def build_perceptual_loss(spatial_dims: int, weights_path: str | Path | None = None) -> nn.Module | None:
+    """Optional perceptual (LPIPS-like) loss that never downloads anything.
+
+    Returns MONAI's ``PerceptualLoss`` on a torchvision ResNet-50 whose weights are read
+    from ``weights_path`` (a local torchvision ``state_dict``), in "fake 3D" mode for
+    volumes (2D features on slices of the three orientations). Returns ``None`` (the
+    loss is disabled) when no path is given, the file does not exist or torchvision is
+    not installed; training must then rely on the L1 + adversarial losses (§3.3.3).
+    """
+    if weights_path is None:
+        return None
+    path = Path(weights_path)
+    if not path.is_file():
+        return None
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        return None
+    from monai.losses import PerceptualLoss
+
+    return PerceptualLoss(
+        spatial_dims=spatial_dims,
+        network_type="resnet50",
+        is_fake_3d=spatial_dims == 3,
+        pretrained=True,
+        pretrained_path=str(path),
+    )
+
+
+__all__ = [
+    "AutoencoderOutput",
+    "FirstStage",
+    "KLAutoencoder",
+    "VQAutoencoder",
+    "build_autoencoder",
+    "build_perceptual_loss",
+]

@@ -1,0 +1,345 @@
+"""Model bundles: one folder holding everything detection needs from training.
+
+Layout::
+
+    <bundle>/
+      bundle.json       format name + version, model id, both networks' configs, the
+                        preprocessing config, latent_scale, noise schedule, training patch
+                        size, recommended inference settings, training summary, and the
+                        SHA-256 and size of each weight file
+      autoencoder.pt    first-stage state_dict (torch.save; loaded with weights_only=True)
+      denoiser.pt       latent denoiser state_dict (EMA weights when trained with EMA)
+      MODEL_CARD.md     what the model is, what it was trained on, how well it does
+
+:meth:`ModelBundle.load` verifies the format version and every weight file's checksum
+before building the networks, so a truncated download, a missing file or a bundle from an
+incompatible version fails with one :class:`~brainldm.errors.ModelBundleError` that says
+what is wrong, never with a deep traceback from ``torch.load`` or ``load_state_dict``.
+
+Bundles are created from finished training runs by
+:func:`brainldm.train.export.export_bundle`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brainldm.errors import ModelBundleError
+
+BUNDLE_FORMAT = "brainldm-model-bundle"
+#: Version of the bundle layout; bump when a change makes older readers misread new bundles.
+BUNDLE_FORMAT_VERSION = 1
+
+BUNDLE_FILE = "bundle.json"
+AUTOENCODER_FILE = "autoencoder.pt"
+DENOISER_FILE = "denoiser.pt"
+MODEL_CARD_FILE = "MODEL_CARD.md"
+WEIGHT_FILES = (AUTOENCODER_FILE, DENOISER_FILE)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass as a JSON-ready dict (tuples become lists)."""
+    if hasattr(config, "to_dict"):
+        return _jsonable(config.to_dict())
+    if dataclasses.is_dataclass(config):
+        return _jsonable(dataclasses.asdict(config))
+    if isinstance(config, dict):
+        return _jsonable(config)
+    raise TypeError(f"cannot serialise {type(config).__name__}")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def config_from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
+    """Rebuild a config dataclass from its stored dict (lists -> tuples where the default is a tuple)."""
+    if not isinstance(data, dict):
+        raise ModelBundleError(f"The model bundle's {what} configuration is not a mapping.")
+    if hasattr(cls, "from_dict"):
+        try:
+            return cls.from_dict(data)
+        except Exception as error:
+            raise ModelBundleError(f"The model bundle's {what} configuration is invalid or from an incompatible "
+                                   f"BrainLDM version: {error}") from error
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ModelBundleError(f"The model bundle's {what} configuration has settings this BrainLDM does not know "
+                               f"({', '.join(unknown)}); it was probably made by a newer version. Update BrainLDM.")
+    kwargs = {}
+    for key, value in data.items():
+        default = names[key].default
+        if isinstance(value, list) and (isinstance(default, tuple) or names[key].default_factory is tuple):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        elif isinstance(value, list) and "tuple" in str(names[key].type):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except Exception as error:
+        raise ModelBundleError(f"The model bundle's {what} configuration is invalid: {error}") from error
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while True:
+            block = stream.read(chunk)
+            if not block:
+                break
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class ModelBundle:
+    """Both trained networks plus everything needed to use them.
+
+    Attributes
+    ----------
+    autoencoder, denoiser:
+        The first stage (``encode``/``decode``) and the latent denoiser, in eval mode.
+    autoencoder_config, denoiser_config:
+        Their :mod:`brainldm.nets.config` dataclasses.
+    preprocess_config:
+        How subjects were cropped and normalised for training (apply the same at inference).
+    latent_scale:
+        Latents are multiplied by this before diffusion (1 / std of the training latents).
+    schedule_config:
+        The noise schedule settings (:class:`brainldm.diffusion.schedule.ScheduleConfig` as dict).
+    patch_size:
+        Training patch size in image voxels (the latent window is ``patch_size / compression``).
+    inference:
+        Recommended detection settings (steps, guidance, mix...), may be empty.
+    training:
+        Summary of the training runs (steps, losses, data, dates).
+    """
+
+    autoencoder: torch.nn.Module
+    denoiser: torch.nn.Module
+    autoencoder_config: Any
+    denoiser_config: Any
+    preprocess_config: Any
+    latent_scale: float
+    schedule_config: dict[str, Any]
+    model_id: str
+    patch_size: tuple[int, ...] = ()
+    inference: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    model_card: str = ""
+    format_version: int = BUNDLE_FORMAT_VERSION
+    path: Path | None = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def schedule(self):
+        """The :class:`~brainldm.diffusion.schedule.NoiseSchedule` the denoiser was trained with."""
+        # Imported here: the schedule is maths on top of the networks (diffusion layer).
+        from brainldm.diffusion.schedule import NoiseSchedule
+
+        return NoiseSchedule.from_config(dict(self.schedule_config))
+
+    @property
+    def compression(self) -> int:
+        return int(getattr(self.autoencoder, "compression", 1))
+
+    @property
+    def spatial_dims(self) -> int:
+        return int(getattr(self.autoencoder_config, "spatial_dims", 3))
+
+    @property
+    def latent_patch_size(self) -> tuple[int, ...]:
+        return tuple(int(s) // self.compression for s in self.patch_size)
+
+    def to(self, device: str | torch.device) -> "ModelBundle":
+        self.autoencoder.to(device)
+        self.denoiser.to(device)
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        """The bundle.json contents (without checksums)."""
+        return {
+            "format": BUNDLE_FORMAT,
+            "format_version": self.format_version,
+            "model_id": self.model_id,
+            "created": self.training.get("exported", time.strftime("%Y-%m-%dT%H:%M:%S")),
+            "autoencoder": {"config": config_to_dict(self.autoencoder_config)},
+            "denoiser": {"config": config_to_dict(self.denoiser_config)},
+            "preprocess": config_to_dict(self.preprocess_config),
+            "latent_scale": float(self.latent_scale),
+            "schedule": config_to_dict(self.schedule_config),
+            "patch_size": [int(s) for s in self.patch_size],
+            "inference": _jsonable(self.inference),
+            "training": _jsonable(self.training),
+        }
+
+    # ------------------------------------------------------------------ save
+    def save(self, folder: str | os.PathLike[str], overwrite: bool = False) -> Path:
+        """Write the bundle folder (built in a temporary sibling, then moved into place)."""
+        folder = Path(folder).expanduser().resolve()
+        if folder.exists() and any(folder.iterdir()) and not overwrite:
+            raise ModelBundleError(f"{folder} already exists and is not empty; choose another folder or "
+                                   "allow overwriting.")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            torch.save({k: v.detach().cpu() for k, v in self.autoencoder.state_dict().items()},
+                       staging / AUTOENCODER_FILE)
+            torch.save({k: v.detach().cpu() for k, v in self.denoiser.state_dict().items()},
+                       staging / DENOISER_FILE)
+            (staging / MODEL_CARD_FILE).write_text(self.model_card or f"# {self.model_id}\n", encoding="utf-8")
+            description = self.describe()
+            description["files"] = {
+                name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
+                for name in WEIGHT_FILES
+            }
+            (staging / BUNDLE_FILE).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+            if folder.exists():
+                backup = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+                os.replace(folder, backup)
+                os.replace(staging, folder)
+                shutil.rmtree(backup, ignore_errors=True)
+            else:
+                os.replace(staging, folder)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        self.path = folder
+        return folder
+
+    # ------------------------------------------------------------------ load
+    @staticmethod
+    def read_description(folder: str | os.PathLike[str]) -> dict[str, Any]:
+        """Read and check ``bundle.json`` only (fast: no weights are loaded)."""
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise ModelBundleError(f"Model bundle folder {folder} does not exist.")
+        path = folder / BUNDLE_FILE
+        if not path.is_file():
+            raise ModelBundleError(f"{folder} is not a BrainLDM model bundle: {BUNDLE_FILE} is missing.")
+        try:
+            description = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise ModelBundleError(f"{path} is unreadable or not valid JSON ({error}); the bundle is corrupt - "
+                                   "export or download it again.") from error
+        if not isinstance(description, dict) or description.get("format") != BUNDLE_FORMAT:
+            raise ModelBundleError(f"{path} does not describe a BrainLDM model bundle.")
+        version = description.get("format_version")
+        if version != BUNDLE_FORMAT_VERSION:
+            raise ModelBundleError(
+                f"The model bundle {folder} has format version {version!r}, but this BrainLDM reads version "
+                f"{BUNDLE_FORMAT_VERSION}. "
+                + ("Update BrainLDM to use it." if isinstance(version, int) and version > BUNDLE_FORMAT_VERSION
+                   else "Re-export the model with this BrainLDM version.")
+            )
+        for key in ("model_id", "autoencoder", "denoiser", "preprocess", "latent_scale", "schedule"):
+            if key not in description:
+                raise ModelBundleError(f"{path} lacks the entry '{key}'; the bundle is incomplete.")
+        return description
+
+    @classmethod
+    def verify(cls, folder: str | os.PathLike[str]) -> dict[str, Any]:
+        """Check bundle.json, presence, size and SHA-256 of every weight file; returns the description."""
+        folder = Path(folder).expanduser()
+        description = cls.read_description(folder)
+        files = description.get("files", {})
+        for name in WEIGHT_FILES:
+            path = folder / name
+            if not path.is_file():
+                raise ModelBundleError(f"The model bundle {folder} is incomplete: {name} is missing.")
+            expected = files.get(name, {})
+            size = path.stat().st_size
+            if "bytes" in expected and int(expected["bytes"]) != size:
+                raise ModelBundleError(
+                    f"{path} has {size} bytes but the bundle says {expected['bytes']}: the file is truncated or "
+                    "corrupt. Download or export the bundle again.")
+            if "sha256" in expected and sha256_file(path) != expected["sha256"]:
+                raise ModelBundleError(f"{path} does not match its checksum in {BUNDLE_FILE}: the file is corrupt. "
+                                       "Download or export the bundle again.")
+        return description
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], device: str | torch.device = "cpu",
+             verify: bool = True) -> "ModelBundle":
+        """Load a bundle onto ``device`` (networks in eval mode, gradients off)."""
+        from brainldm.data.preprocess import PreprocessConfig
+        from brainldm.nets.autoencoder import build_autoencoder
+        from brainldm.nets.config import AutoencoderConfig, DenoiserConfig
+        from brainldm.nets.denoiser import build_denoiser
+
+        folder = Path(folder).expanduser().resolve()
+        description = cls.verify(folder) if verify else cls.read_description(folder)
+        ae_config = config_from_dict(AutoencoderConfig, description["autoencoder"].get("config"), "autoencoder")
+        dn_config = config_from_dict(DenoiserConfig, description["denoiser"].get("config"), "denoiser")
+        pre_config = config_from_dict(PreprocessConfig, description["preprocess"], "preprocessing")
+        try:
+            latent_scale = float(description["latent_scale"])
+        except (TypeError, ValueError) as error:
+            raise ModelBundleError(f"The bundle's latent_scale {description['latent_scale']!r} is not a number.") \
+                from error
+        try:
+            autoencoder = build_autoencoder(ae_config)
+            denoiser = build_denoiser(dn_config)
+        except Exception as error:
+            raise ModelBundleError(f"The networks described by {folder / BUNDLE_FILE} cannot be built with this "
+                                   f"BrainLDM version: {error}") from error
+        _load_weights(autoencoder, folder / AUTOENCODER_FILE, "autoencoder")
+        _load_weights(denoiser, folder / DENOISER_FILE, "denoiser")
+        for module in (autoencoder, denoiser):
+            module.eval()
+            module.requires_grad_(False)
+            module.to(device)
+        card_path = folder / MODEL_CARD_FILE
+        card = card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else ""
+        return cls(
+            autoencoder=autoencoder,
+            denoiser=denoiser,
+            autoencoder_config=ae_config,
+            denoiser_config=dn_config,
+            preprocess_config=pre_config,
+            latent_scale=latent_scale,
+            schedule_config=dict(description["schedule"]),
+            model_id=str(description["model_id"]),
+            patch_size=tuple(int(s) for s in description.get("patch_size", ())),
+            inference=dict(description.get("inference", {})),
+            training=dict(description.get("training", {})),
+            model_card=card,
+            format_version=int(description["format_version"]),
+            path=folder,
+        )
+
+
+def _load_weights(module: torch.nn.Module, path: Path, what: str) -> None:
+    if not path.is_file():
+        raise ModelBundleError(f"The model bundle is incomplete: {path.name} is missing.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ModelBundleError(f"The {what} weights {path} cannot be read ({type(error).__name__}); the file is "
+                               "truncated or corrupt. Download or export the bundle again.") from error
+    if not isinstance(state, dict):
+        raise ModelBundleError(f"{path} does not hold {what} weights.")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ModelBundleError(f"The {what} weights in {path} do not fit the {what} configuration in "
+                               f"{BUNDLE_FILE} ({first_line}); the bundle is inconsistent.") from error
