@@ -137,6 +137,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    import json
+
+    from brainldm.evaluate.benchmark import run_benchmark
+    from brainldm.logic.detection import SubjectInputs, load_model
+
+    settings = _detection_settings(args)
+    if args.subject or args.t1n:
+        files = {s: getattr(args, s) for s in ("t1n", "t1c", "t2w", "t2f") if getattr(args, s) is not None}
+        subject = SubjectInputs(subject_dir=args.subject, files=files, reference=args.reference).load()
+    else:
+        from brainldm.data.phantom import PhantomSpec, make_phantom
+
+        print(f"no input given: benchmarking on phantom seed {args.seed_phantom} (240x240x155, 20 mm tumour)")
+        subject = make_phantom(PhantomSpec(seed=args.seed_phantom, subject_id=f"Bench-{args.seed_phantom}"))
+    bundle = load_model(args.model, device=settings.device)
+    results = run_benchmark(subject, bundle, settings)
+    fast, ref = results["fast"], results["reference"]
+    print(f"subject {results['subject']} {results['shape']}, {settings.encoder.upper()} N={settings.steps} "
+          f"C={settings.guidance:g}, {results['machine']['threads']} threads, torch {results['machine']['torch']}")
+    print(f"fast path  ({fast['model']}): {fast['seconds']:8.1f} s   peak memory {fast['peak_memory_mb']:.0f} MB"
+          f"   stages {fast['timings_s']}")
+    print(f"reference  (thesis configuration, extrapolated from {ref['brain_windows']} windows): "
+          f"{ref['seconds']:8.1f} s")
+    print(f"speed-up: {results['speedup']:.1f}x")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+        print(f"written {args.json}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -187,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evaluate at most this many subjects")
     _add_detection_options(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("benchmark", help="time the fast path against the thesis's reference configuration")
+    _add_subject_inputs(p)
+    _add_detection_options(p)
+    p.add_argument("--seed-phantom", type=int, default=20261125, help="phantom used when no input is given")
+    p.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    p.set_defaults(func=cmd_benchmark)
 
     return parser
 

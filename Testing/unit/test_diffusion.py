@@ -382,4 +382,7 @@ def test_sampler_settings_validation(schedule):
             bad.validate()
     with pytest.raises(TypeError):
         generate(torch.zeros(SHAPE), lambda z, t: "nope", schedule, SamplerSettings("ddim", 2))
-    isinstance(GuidedNoise(torch.zeros(1)), GuidedNoise)
+    # a GuidedNoise without pseudo-gradient is accepted; its eps is what the step uses
+    out = generate(torch.zeros(SHAPE), lambda z, t: GuidedNoise(torch.zeros_like(z)), schedule,
+                   SamplerSettings("ddim", 2))
+    assert torch.equal(out, torch.zeros(SHAPE))

@@ -22,7 +22,7 @@ from brainldm.detect.maps import (
     structuring_ball,
 )
 from brainldm.diffusion.guidance import make_noise_fn
-from brainldm.diffusion.sampler import SamplerSettings, generate
+from brainldm.diffusion.sampler import SamplerSettings, chain_callbacks, generate
 from brainldm.diffusion.schedule import NoiseSchedule
 from brainldm.errors import InputDataError, SettingsError
 from brainldm.evaluate.metrics import dice
@@ -194,8 +194,6 @@ def test_recorder_keeps_only_needed_steps_and_aggregates(method, reduce):
     assert recorder.step_indices == (24, 26, 27, 29)
     everything = {}
     keep_all = lambda i, n, t, info: everything.__setitem__(i, info.pseudo_gradient.clone())  # noqa: E731
-    from brainldm.diffusion.sampler import chain_callbacks
-
     zT = torch.randn(1, 3, 6, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     eps_fn = make_noise_fn(model, label=0, null_label=2, scale=3.0)
     generate(zT, eps_fn, schedule, SamplerSettings(method, num_steps, 0.95),

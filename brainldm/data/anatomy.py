@@ -67,6 +67,9 @@ class AnatomyMaps:
         Voxel-to-world affine of the grid (1 mm, RAS+).
     box:
         Slices of the brain's bounding box plus a margin: the region worth computing.
+    sharpen:
+        Exponent for the partial-volume fractions when images are rendered from the maps
+        (> 1 where the maps are blurrier than a single scan, as an average template is).
     """
 
     name: str
@@ -75,6 +78,7 @@ class AnatomyMaps:
     brain: np.ndarray
     affine: np.ndarray
     box: tuple[slice, slice, slice]
+    sharpen: float = 1.0
 
     @property
     def csf(self) -> np.ndarray:
@@ -192,7 +196,9 @@ def _load_mni152() -> AnatomyMaps:
     gm[over] /= total[over]
     wm[over] /= total[over]
     _readonly(gm, wm, brain)
-    return AnatomyMaps("mni152", gm.astype(np.float32), wm.astype(np.float32), brain, grid_affine, _brain_box(brain))
+    return AnatomyMaps(
+        "mni152", gm.astype(np.float32), wm.astype(np.float32), brain, grid_affine, _brain_box(brain), sharpen=1.7
+    )
 
 
 def _load_sri24() -> AnatomyMaps:
@@ -210,7 +216,7 @@ def _load_sri24() -> AnatomyMaps:
     if labels.shape != GRID_SHAPE:
         raise InputDataError(f"{path} has shape {labels.shape}; expected the BraTS grid {GRID_SHAPE}.")
     # Hard labels -> partial-volume probabilities (about one voxel of blur).
-    probs = [ndi.gaussian_filter((labels == k).astype(np.float32), 0.6) for k in (1, 2, 3)]
+    probs = [ndi.gaussian_filter((labels == k).astype(np.float32), 0.8) for k in (1, 2, 3)]
     total = probs[0] + probs[1] + probs[2]
     brain = (labels > 0).astype(np.float32)
     scale = np.where(total > 1e-3, brain / np.maximum(total, 1e-3), 0.0).astype(np.float32)

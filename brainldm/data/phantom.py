@@ -25,8 +25,10 @@ template shipped with nilearn by default) in six steps:
 6. **Skull stripping** - background exactly 0; intensities rounded to integers
    (files are written as int16 like BraTS), so what is written reloads bit-exact.
 
-Everything random is drawn from one :class:`numpy.random.Generator` seeded by
-:attr:`PhantomSpec.seed`: the same spec gives identical arrays.
+Everything random comes from :class:`numpy.random.Generator` streams spawned from
+:attr:`PhantomSpec.seed` (one each for anatomy, tumours, appearance and noise): the same
+spec gives identical arrays, and the same seed without tumours gives the healthy
+counterpart of a subject with tumours.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +64,7 @@ _TISSUE_INTENSITY: dict[str, dict[str, float]] = {
     "t1n": {"csf": 330.0, "gm": 760.0, "wm": 1050.0},
     "t1c": {"csf": 420.0, "gm": 830.0, "wm": 1100.0},
     "t2w": {"csf": 2300.0, "gm": 800.0, "wm": 560.0},
-    "t2f": {"csf": 170.0, "gm": 1000.0, "wm": 720.0},
+    "t2f": {"csf": 170.0, "gm": 1000.0, "wm": 740.0},
 }
 
 #: Tumour-compartment intensities as multiples of the sequence's white-matter intensity.
@@ -112,7 +114,16 @@ class TumourSpec:
     mass_effect: float = 0.6
 
     def __post_init__(self) -> None:
-        if not MIN_DIAMETER_MM <= float(self.diameter_mm) <= MAX_DIAMETER_MM:
+        try:
+            self.diameter_mm = float(self.diameter_mm)
+            if self.centre is not None:
+                self.centre = tuple(int(round(float(c))) for c in self.centre)  # type: ignore[assignment]
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(
+                f"Tumour diameter must be a number of mm and the centre three voxel indices; "
+                f"got diameter {self.diameter_mm!r}, centre {self.centre!r}."
+            ) from exc
+        if not MIN_DIAMETER_MM <= self.diameter_mm <= MAX_DIAMETER_MM:
             raise SettingsError(
                 f"Tumour diameter {self.diameter_mm} mm is out of range; choose "
                 f"{MIN_DIAMETER_MM:g}-{MAX_DIAMETER_MM:g} mm."
@@ -120,7 +131,6 @@ class TumourSpec:
         if self.centre is not None:
             if len(self.centre) != 3:
                 raise SettingsError(f"Tumour centre must be three voxel indices (x, y, z); got {self.centre!r}.")
-            self.centre = tuple(int(round(float(c))) for c in self.centre)  # type: ignore[assignment]
         if self.core_fraction is not None and not 0.2 <= self.core_fraction <= 1.0:
             raise SettingsError(f"core_fraction must be within 0.2-1.0; got {self.core_fraction}.")
         if self.necrosis_fraction is not None and not 0.0 <= self.necrosis_fraction <= 0.9:
@@ -137,10 +147,15 @@ class PhantomSpec:
     otherwise ``n_tumours`` tumours of ``lesion_diameter_mm`` (at ``centre`` when
     ``n_tumours == 1`` and a centre is given, else at random positions).
 
+    The same seed without tumours gives the subject's **healthy counterpart**: anatomy,
+    tissue appearance, bias field and noise come from their own random streams, so the two
+    are identical away from the tumours and their mass effect (T1c may differ along a vessel
+    that runs past a tumour) - a ground truth for counterfactual generation.
+
     Attributes
     ----------
     seed:
-        Seed of the random generator.
+        Non-negative integer seed of the random streams.
     subject_id:
         Name used for files; default ``Phantom-<seed>``.
     anatomy:
@@ -172,6 +187,10 @@ class PhantomSpec:
     vessels: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise SettingsError(f"Phantom seed must be a non-negative integer; got {self.seed!r}.")
+        if self.tumours is not None:  # plain numbers are diameters
+            self.tumours = [t if isinstance(t, TumourSpec) else TumourSpec(t) for t in self.tumours]
         if self.anatomy not in ANATOMIES:
             raise SettingsError(f"Unknown phantom anatomy {self.anatomy!r}; choose one of {', '.join(ANATOMIES)}.")
         if self.n_tumours < 0 or self.n_tumours > 5:
@@ -188,6 +207,11 @@ class PhantomSpec:
             raise SettingsError(f"At most 5 tumours per phantom; got {len(self.tumours)}.")
         if self.tumours is None and self.n_tumours > 0:
             TumourSpec(self.lesion_diameter_mm, self.centre)  # validates diameter and centre
+        if self.centre is not None and (self.tumours is not None or self.n_tumours != 1):
+            raise SettingsError(
+                "A tumour centre applies to a single tumour (n_tumours=1); give each tumour its own "
+                "centre through tumours=[TumourSpec(...), ...]."
+            )
 
     def resolved_tumours(self) -> list[TumourSpec]:
         """The tumours this spec asks for."""
@@ -327,7 +351,8 @@ def _rotation(angles: Sequence[float]) -> np.ndarray:
 
 
 def _box_around(centre: Sequence[int], half: int, shape: Sequence[int]) -> tuple[slice, slice, slice]:
-    return tuple(slice(max(int(c) - half, 0), min(int(c) + half + 1, int(n))) for c, n in zip(centre, shape))  # type: ignore[return-value]
+    slices = (slice(max(int(c) - half, 0), min(int(c) + half + 1, int(n))) for c, n in zip(centre, shape))
+    return tuple(slices)  # type: ignore[return-value]
 
 
 def _grid_coords(box: tuple[slice, slice, slice]) -> list[np.ndarray]:
@@ -349,6 +374,7 @@ class _Work:
     gm: np.ndarray
     wm: np.ndarray
     brain: np.ndarray  # soft brain map after deformation
+    sharpen: float = 1.0  # partial-volume sharpening exponent of the anatomy
 
     @property
     def offset(self) -> np.ndarray:
@@ -387,7 +413,7 @@ def _deform_anatomy(anat: AnatomyMaps, rng: np.random.Generator, spec: PhantomSp
         out = np.zeros(shape, dtype=np.float32)
         out.ravel()[inside] = ndi.map_coordinates(src, flat_coords, order=1, mode="constant", cval=0.0, prefilter=False)
         maps.append(out)
-    return _Work(box, maps[0], maps[1], brain)
+    return _Work(box, maps[0], maps[1], brain, anat.sharpen)
 
 
 def _distance_inside(mask: np.ndarray) -> np.ndarray:
@@ -424,7 +450,8 @@ def _choose_centres(
             if depth < radius + 1.0:
                 raise SettingsError(
                     f"Tumour centre {tuple(c)} is {depth:.0f} mm inside the brain, too close to its edge for a "
-                    f"{t.diameter_mm:g} mm lesion; choose a centre at least {radius + 2:.0f} mm deep or a smaller diameter."
+                    f"{t.diameter_mm:g} mm lesion; choose a centre at least {radius + 2:.0f} mm deep "
+                    "or a smaller diameter."
                 )
             centres.append(c + rng.uniform(-0.3, 0.3, 3))
             radii.append(radius)
@@ -492,11 +519,15 @@ def _lesion_levels(
     grid = _grid_coords(box)
     dist = np.sqrt(sum((g - np.float32(c)) ** 2 for g, c in zip(grid, local_c))).astype(np.float32)
     small = t.diameter_mm < 12
-    core_fraction = t.core_fraction if t.core_fraction is not None else float(
-        rng.uniform(0.62, 0.8) if small else rng.uniform(0.5, 0.72)
+    core_fraction = (
+        t.core_fraction
+        if t.core_fraction is not None
+        else float(rng.uniform(0.62, 0.8) if small else rng.uniform(0.5, 0.72))
     )
-    necrosis_fraction = t.necrosis_fraction if t.necrosis_fraction is not None else float(
-        rng.uniform(0.0, 0.45) if small else rng.uniform(0.55, 0.8)
+    necrosis_fraction = (
+        t.necrosis_fraction
+        if t.necrosis_fraction is not None
+        else float(rng.uniform(0.0, 0.45) if small else rng.uniform(0.55, 0.8))
     )
     # Each compartment gets its own lobulation, at a scale proportional to its size.
     irregular = 0.25 if radius > 4 else 0.12
@@ -526,9 +557,10 @@ def _size_lesion(
 
     The lesion grows monotonically with ``s``; bisection finds the smallest ``s`` with a
     diameter of at least the target (1 mm grid), and :func:`_trim_to_diameter` crops any
-    overshoot, so the result measures exactly ``round(target)`` mm.
+    overshoot, so the result measures the target rounded to whole voxels (within 1 mm in the
+    rare case where cropping removes a detached lobe).
     """
-    target_vox = int(round(target_mm))
+    target_vox = int(math.floor(target_mm + 0.5))  # 1 mm grid; halves round up
 
     def diameter(s: float) -> float:
         return inplane_diameter_mm(_lesion_mask(levels, s, cf, allowed))
@@ -551,7 +583,11 @@ def _size_lesion(
             break
     mask = _lesion_mask(levels, hi, cf, allowed)
     if inplane_diameter_mm(mask) > target_vox:
-        mask = _trim_to_diameter(mask, target_vox, local_c)
+        # Overshoot (a level added voxels on both sides, or a lobe): crop; should cropping
+        # shrink the lesion further (a detached lobe removed), keep the closest of the
+        # cropped lesion and the two lesions around the target.
+        candidates = [_trim_to_diameter(mask, target_vox, local_c), mask, _lesion_mask(levels, lo, cf, allowed)]
+        mask = min(candidates, key=lambda m: abs(inplane_diameter_mm(m) - target_mm))
     return hi, mask
 
 
@@ -574,13 +610,25 @@ class _Lesion:
 def _build_lesion(
     t: TumourSpec, centre: np.ndarray, work: _Work, rng: np.random.Generator, taken: np.ndarray
 ) -> _Lesion:
-    box, levels, cf, nf = _lesion_levels(t, centre, work, rng)
-    local_c = centre - work.offset - np.array([s.start for s in box])
-    allowed = (work.brain[box] >= 0.5) & ~taken[box]
-    s, hard = _size_lesion(levels, cf, allowed, t.diameter_mm, local_c)
+    target_vox = math.floor(t.diameter_mm + 0.5)
+    best = None
+    for _attempt in range(4):  # a new shape when cropping could not hit the size exactly (rare)
+        box, levels, cf, nf = _lesion_levels(t, centre, work, rng)
+        local_c = centre - work.offset - np.array([sl.start for sl in box])
+        allowed = (work.brain[box] >= 0.5) & ~taken[box]
+        s, hard = _size_lesion(levels, cf, allowed, t.diameter_mm, local_c)
+        error = abs(inplane_diameter_mm(hard) - target_vox)
+        if best is None or error < best[0]:
+            best = (error, box, levels, cf, nf, allowed, s, hard)
+        if error == 0:
+            break
+    _, box, levels, cf, nf, allowed, s, hard = best
     whole = np.maximum(_soft(levels["whole"], s), _soft(levels["core"], s * cf))
     core = _soft(levels["core"], s * cf)
     ncr = np.minimum(_soft(levels["ncr"], s * cf * nf), core) if nf > 0 else np.zeros_like(core)
+    # Necrosis stays at least one voxel inside the core: an enhancing rim always surrounds it.
+    core_inner = ndi.binary_erosion(core >= 0.5)
+    ncr = np.where(core_inner, ncr, np.minimum(ncr, 0.45)).astype(np.float32)
     # Oedema fades in over a few mm from the lesion border (it infiltrates; a sharp edge would be
     # unnaturally conspicuous); outside the measured lesion partial volume stays below one half.
     depth = s - np.minimum(levels["whole"], levels["core"] / np.float32(cf))
@@ -614,17 +662,28 @@ def _vessel_map(csf: np.ndarray, dist: np.ndarray, mask: np.ndarray, rng: np.ran
         keep = np.all((idx >= 0) & (idx < shape), axis=1)
         np.add.at(out, tuple(idx[keep].T), np.float32(weight))
 
-    sub = (slice(None, None, 2),) * 3
-    seeds = np.argwhere((csf[sub] > 0.6) & (dist[sub] > 3) & (dist[sub] < 16)) * 2
-    if len(seeds):
-        for seed in seeds[rng.integers(len(seeds), size=int(rng.integers(24, 36)))]:
-            p = seed.astype(np.float64)
-            d = rng.standard_normal(3)
+    def first_match(group: np.ndarray, lo_csf: float, lo_dist: float, hi_dist: float) -> np.ndarray | None:
+        ok = (csf[tuple(group.T)] > lo_csf) & (dist[tuple(group.T)] > lo_dist) & (dist[tuple(group.T)] < hi_dist)
+        return group[int(np.argmax(ok))] if ok.any() else None
+
+    # Each vessel and blob gets its own group of random probe voxels and its own stream, so a
+    # local change of the anatomy (a tumour's mass effect) leaves the other vessels in place.
+    n_walks = int(rng.integers(24, 36))
+    n_blobs = int(rng.integers(3, 6))
+    probes = (rng.random((n_walks + n_blobs, 1000, 3)) * shape).astype(int)
+    walk_seeds = rng.integers(2**63, size=n_walks)
+    blob_offsets = rng.normal(0.0, 1.3, size=(n_blobs, 60, 3))
+    for group, walk_seed in zip(probes[:n_walks], walk_seeds):
+        start = first_match(group, 0.6, 3.0, 16.0)
+        if start is not None:
+            walk = np.random.default_rng(int(walk_seed))
+            p = start.astype(np.float64)
+            d = walk.standard_normal(3)
             d /= np.linalg.norm(d)
             pts = [p.copy()]
-            for _ in range(int(rng.integers(30, 90))):
+            for _ in range(int(walk.integers(30, 90))):
                 for _try in range(8):
-                    nd = d + 0.4 * rng.standard_normal(3)
+                    nd = d + 0.4 * walk.standard_normal(3)
                     nd /= np.linalg.norm(nd)
                     q = p + 0.7 * nd
                     qi = np.round(q).astype(int)
@@ -634,11 +693,11 @@ def _vessel_map(csf: np.ndarray, dist: np.ndarray, mask: np.ndarray, rng: np.ran
                         break
                 else:
                     break
-            splat(np.array(pts), float(rng.uniform(0.6, 1.1)) * 0.7)
-    ventricle = np.argwhere((csf[sub] > 0.85) & (dist[sub] > 20)) * 2
-    if len(ventricle):
-        for c in ventricle[rng.integers(len(ventricle), size=int(rng.integers(3, 6)))]:
-            splat(c + rng.normal(0.0, 1.3, size=(60, 3)), 0.3)
+            splat(np.array(pts), float(walk.uniform(0.6, 1.1)) * 0.7)
+    for group, offsets in zip(probes[n_walks:], blob_offsets):  # choroid plexus
+        centre = first_match(group, 0.85, 20.0, np.inf)
+        if centre is not None:
+            splat(centre + offsets, 0.3)
     sigma = 0.65
     filt = ndi.gaussian_filter(out, sigma) * np.float32(2.0 * math.pi * sigma**2)
     np.clip(filt, 0.0, 1.0, out=filt)
@@ -647,17 +706,12 @@ def _vessel_map(csf: np.ndarray, dist: np.ndarray, mask: np.ndarray, rng: np.ran
 
 def _gaussian_noise_field(rng: np.random.Generator, shape: Sequence[int], sigma: float) -> np.ndarray:
     """White noise blurred with a Gaussian of ``sigma`` voxels, rescaled to unit variance."""
-    field = ndi.gaussian_filter(rng.standard_normal(tuple(shape), dtype=np.float32), sigma)
+    noise = ndi.gaussian_filter(rng.standard_normal(tuple(shape), dtype=np.float32), sigma)
     delta = np.zeros(int(8 * sigma) + 1, dtype=np.float64)
     delta[len(delta) // 2] = 1.0
     kernel = ndi.gaussian_filter1d(delta, sigma)
-    field /= np.float32(np.sqrt((kernel**2).sum()) ** 3)
-    return field
-
-
-#: Sharpening exponent of the partial-volume fractions: the template's probability maps are
-#: an average of many brains and blurrier than a single scan.
-_TISSUE_SHARPEN = 1.7
+    noise /= np.float32(np.sqrt((kernel**2).sum()) ** 3)
+    return noise
 
 
 def _tissue_fractions(work: _Work) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -672,7 +726,7 @@ def _tissue_fractions(work: _Work) -> tuple[np.ndarray, np.ndarray, dict[str, np
     gm *= scale
     wm *= scale
     csf = np.clip(brain - gm - wm, 0.0, None)
-    fr = [np.power(a / brain, np.float32(_TISSUE_SHARPEN)) for a in (csf, gm, wm)]
+    fr = [np.power(a / brain, np.float32(work.sharpen)) for a in (csf, gm, wm)]
     norm = fr[0] + fr[1] + fr[2]
     norm[norm <= 0] = 1.0
     return mask, idx, {name: a / norm for name, a in zip(_TISSUES, fr)}
@@ -682,6 +736,7 @@ def _paint(
     work: _Work,
     lesions: list[_Lesion],
     rng: np.random.Generator,
+    noise_rng: np.random.Generator,
     spec: PhantomSpec,
     dist: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -693,7 +748,8 @@ def _paint(
     mask, idx, tissue = _tissue_fractions(work)
     shape = mask.shape
     n = idx.size
-    texture = _gaussian_noise_field(rng, shape, 1.2).ravel()[idx]
+    # Faint smooth tissue heterogeneity (kept well below what an autoencoder must reproduce).
+    texture = _gaussian_noise_field(rng, shape, 2.0).ravel()[idx]
     vessels = None
     if spec.vessels:
         csf3 = np.zeros(shape, dtype=np.float32)
@@ -702,8 +758,8 @@ def _paint(
         del csf3
     bias = smooth_random_field(rng, shape, control_spacing=70.0, count=len(SEQUENCES))
     # Position of each box voxel among the brain voxels (-1 outside), to paint lesion boxes.
-    position = np.full(mask.size, -1, dtype=np.int64)
-    position[idx] = np.arange(n)
+    position = np.full(mask.size, -1, dtype=np.int32)
+    position[idx] = np.arange(n, dtype=np.int32)
     lesion_index = []
     for les in lesions:
         sub = position.reshape(shape)[les.box].ravel()
@@ -719,7 +775,7 @@ def _paint(
         img = tissue["csf"] * np.float32(value["csf"])
         img += tissue["gm"] * np.float32(value["gm"])
         img += tissue["wm"] * np.float32(value["wm"])
-        img *= 1.0 + np.float32(0.015) * texture
+        img *= 1.0 + np.float32(0.008) * texture
         if seq == "t1c" and vessels is not None:
             img += vessels * (np.float32(_VESSEL_FACTOR * value["wm"]) - img)
         wm_value = value["wm"]
@@ -738,8 +794,8 @@ def _paint(
         if spec.noise_sigma > 0:
             intensities = list(value.values())
             sigma = np.float32(spec.noise_sigma * (max(intensities) - min(intensities)) / 2.0)
-            real = img + sigma * rng.standard_normal(n, dtype=np.float32)
-            imag = sigma * rng.standard_normal(n, dtype=np.float32)
+            real = img + sigma * noise_rng.standard_normal(n, dtype=np.float32)
+            imag = sigma * noise_rng.standard_normal(n, dtype=np.float32)
             img = np.sqrt(real * real + imag * imag)
         # Integers (files are int16); every brain voxel at least 1 so the mask survives.
         np.clip(np.rint(img), 1, 32767, out=img)
@@ -755,18 +811,31 @@ def _paint(
 def generate_phantom(spec: PhantomSpec) -> PhantomResult:
     """Build one phantom subject and report what was placed where."""
     anat = load_anatomy(spec.anatomy)
-    rng = np.random.default_rng(spec.seed)
+    # Independent streams per step, so the same seed without tumours is the exact healthy
+    # counterpart (same anatomy, appearance and noise) of a subject with tumours.
+    anatomy_rng, tumour_rng, appearance_rng, noise_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(spec.seed).spawn(4)
+    )
     tumours = spec.resolved_tumours()
-    work = _deform_anatomy(anat, rng, spec)
+    for t in tumours:  # cheap early check, before any work, for centres clearly off the brain
+        if t.centre is not None and not (
+            all(0 <= c < n for c, n in zip(t.centre, anat.shape)) and anat.brain[t.centre] > 0
+        ):
+            raise SettingsError(
+                f"Tumour centre {tuple(t.centre)} is outside the brain; choose a voxel inside the brain "
+                f"(the brain spans x {anat.box[0].start}-{anat.box[0].stop - 1}, y {anat.box[1].start}-"
+                f"{anat.box[1].stop - 1}, z {anat.box[2].start}-{anat.box[2].stop - 1} with margins)."
+            )
+    work = _deform_anatomy(anat, anatomy_rng, spec)
     dist = _distance_inside(work.brain >= 0.5)
-    centres = _choose_centres(tumours, work, dist, rng, anat.shape)
+    centres = _choose_centres(tumours, work, dist, tumour_rng, anat.shape)
     for t, c in zip(tumours, centres):
         _mass_effect(work, c, t.diameter_mm / 2.0, t.mass_effect)
     taken = np.zeros(work.gm.shape, dtype=bool)
     lesions: list[_Lesion] = []
     placed: list[PlacedTumour] = []
     for t, c in zip(tumours, centres):
-        les = _build_lesion(t, c, work, rng, taken)
+        les = _build_lesion(t, c, work, tumour_rng, taken)
         hard = les.labels > 0
         taken[les.box] |= ndi.binary_dilation(hard, iterations=2)
         lesions.append(les)
@@ -789,7 +858,7 @@ def generate_phantom(spec: PhantomSpec) -> PhantomResult:
                 },
             )
         )
-    images_box, mask_box, brain_idx, tissue_flat = _paint(work, lesions, rng, spec, dist)
+    images_box, mask_box, brain_idx, tissue_flat = _paint(work, lesions, appearance_rng, noise_rng, spec, dist)
 
     shape = anat.shape
     images = np.zeros((len(SEQUENCES), *shape), dtype=np.float32)
@@ -824,7 +893,11 @@ def make_phantom(spec: PhantomSpec | None = None) -> Subject:
 
 def lesion_diameters_mm(seg: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> list[float]:
     """In-plane diameter of each connected lesion (labels > 0) of a label map, largest first."""
-    components, n = ndi.label(np.asarray(seg) > 0, structure=np.ones((3, 3, 3)))
+    lesion = np.asarray(seg) > 0
+    if not lesion.any():
+        return []
+    crop = ndi.find_objects(lesion.astype(np.uint8))[0]
+    components, _ = ndi.label(lesion[crop], structure=np.ones((3, 3, 3)))
     out = []
     for i, sl in enumerate(ndi.find_objects(components), start=1):
         if sl is not None:
@@ -835,7 +908,8 @@ def lesion_diameters_mm(seg: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1
 def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     import nibabel as nib
 
-    img = nib.Nifti1Image(np.asarray(array, dtype=np.int16), affine)
+    data = np.clip(np.rint(np.asarray(array)), -32768, 32767).astype(np.int16)
+    img = nib.Nifti1Image(data, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm")
@@ -912,7 +986,7 @@ def phantom_overview_png(subject: Subject, path: str | Path, slice_index: int | 
     lesion_z = seg[:, :, z] > 0
     for i, seq in enumerate(SEQUENCES):
         vol = images[i]
-        inside = vol[brain]
+        inside = vol[::2, ::2, ::2][brain[::2, ::2, ::2]]
         # Window: brain's 99.5th percentile with head-room, widened so the lesion is not saturated.
         vmax = 1.1 * float(np.percentile(inside, 99.5)) if inside.size else 1.0
         if lesion_z.any():
@@ -975,7 +1049,6 @@ def make_phantom_dataset(
     seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(n)]
     n_healthy = int(round(healthy_fraction * n))
     healthy = set(master.permutation(n)[:n_healthy].tolist())
-    iterator = range(n)
     bar = None
     if progress is True:
         from tqdm.auto import tqdm
@@ -983,11 +1056,9 @@ def make_phantom_dataset(
         bar = tqdm(total=n, desc="phantoms", unit="subject")
     manifest = []
     folders = []
-    for i in iterator:
+    for i in range(n):
         tumours = (
-            []
-            if i in healthy
-            else [TumourSpec(float(master.choice(diameters))) for _ in range(tumours_per_subject)]
+            [] if i in healthy else [TumourSpec(float(master.choice(diameters))) for _ in range(tumours_per_subject)]
         )
         spec = PhantomSpec(seed=seeds[i], subject_id=f"Phantom-{seed:04d}-{i:04d}", tumours=tumours, anatomy=anatomy)
         result = generate_phantom(spec)
@@ -1011,11 +1082,12 @@ def make_phantom_dataset(
                 "spec": {k: v for k, v in asdict(spec).items() if k not in ("tumours",)},
             }
         )
+        # rewritten after every subject, so an interrupted run still describes what it wrote
+        (out / "phantoms.json").write_text(json.dumps({"seed": seed, "subjects": manifest}, indent=1))
         if bar is not None:
             bar.update(1)
         elif callable(progress):
             progress(i + 1, n)
     if bar is not None:
         bar.close()
-    (out / "phantoms.json").write_text(json.dumps({"seed": seed, "subjects": manifest}, indent=1))
     return folders

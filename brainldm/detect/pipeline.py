@@ -232,12 +232,16 @@ def detect(
             warnings.append("no anomaly was found: the segmentation is empty")
 
     with timer.stage("to_subject_grid"):
+        counterfactual_raw = prepared.to_subject_images(counterfactual)
+        brain_full = prepared.to_subject_grid(mask, fill=False)
+        if settings.mask_brain:  # background of skull-stripped scans is 0
+            counterfactual_raw *= brain_full[None]
         result = DetectionResult(
             reconstruction=prepared.to_subject_images(reconstruction),
-            counterfactual=prepared.to_subject_images(counterfactual),
+            counterfactual=counterfactual_raw,
             anomaly_map=prepared.to_subject_grid(amap.astype(np.float32), fill=0.0),
             segmentation=prepared.to_subject_grid(seg.mask.astype(np.uint8), fill=0),
-            brain_mask=prepared.to_subject_grid(mask, fill=False),
+            brain_mask=brain_full,
             reconstruction_error=prepared.to_subject_grid(rec_error.astype(np.float32), fill=0.0),
             threshold=float(seg.threshold),
             graddiff_map=None if gmap is None else prepared.to_subject_grid(gmap.astype(np.float32), fill=0.0),

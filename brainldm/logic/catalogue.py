@@ -114,7 +114,8 @@ def catalogue_path() -> Path:
 def shipped_model_dirs(extra_dirs: tuple[str | Path, ...] | list[str | Path] = ()) -> list[Path]:
     """Folders searched for shipped bundles (existing ones only, no duplicates)."""
     package = Path(__file__).resolve().parents[1]
-    candidates = [Path(d) for d in extra_dirs] + [package.parent / "Resources" / "models", package / "resources" / "models"]
+    candidates = [Path(d) for d in extra_dirs]
+    candidates += [package.parent / "Resources" / "models", package / "resources" / "models"]
     found: list[Path] = []
     for folder in candidates:
         folder = folder.expanduser()
@@ -245,6 +246,17 @@ def default_model(extra_dirs=()) -> ModelEntry | None:
         if entry.default:
             return entry
     return None
+
+
+def model_choices(extra_dirs=()) -> list[tuple[str, str]]:
+    """``(value, label)`` pairs for a model list: ``""`` (the default model) first, then every model.
+
+    The value is what :func:`resolve_model` takes: a shipped model's id, a user model's folder.
+    """
+    entries = model_catalogue(extra_dirs)
+    default = next((e for e in entries if e.default), None)
+    first = ("", f"default ({default.title})" if default else "default (none installed)")
+    return [first] + [(e.model_id if e.source == "shipped" else str(e.path), e.label) for e in entries]
 
 
 def resolve_model(model: str | Path | None = None, extra_dirs=()) -> Path:

@@ -267,7 +267,8 @@ def _brats_segment_names(labels: np.ndarray) -> dict[int, str]:
     return {v: f"label {v}" for v in values}
 
 
-def _grid_problem(node, reference, tolerance: GridTolerance) -> str | None:
+def grid_problem(node, reference, tolerance: GridTolerance = GridTolerance()) -> str | None:
+    """How ``node``'s voxel grid differs from ``reference``'s (size, spacing, axes, origin), or None."""
     if volume_shape(node) != volume_shape(reference):
         return f"size {volume_shape(node)} differs from {reference.GetName()} {volume_shape(reference)}"
     a, b = ijk_to_ras(node), ijk_to_ras(reference)
@@ -303,7 +304,7 @@ def subject_from_volume_nodes(volumes: dict[str, Any], subject_id: str | None = 
         if node.GetParentTransformNode() is not None:
             raise InputDataError(f"{seq}: volume {node.GetName()} is under a transform; harden the transform "
                                  "(Data module, right-click, 'Harden transform') so the voxels are resampled first.")
-        problem = _grid_problem(node, reference, tolerance)
+        problem = grid_problem(node, reference, tolerance)
         if problem:
             raise InputDataError(f"{seq}: {node.GetName()}: {problem}. All four sequences must share one voxel grid; "
                                  "resample them onto the t1n volume first (Resample Scalar/Vector/DWI Volume).")
@@ -315,7 +316,8 @@ def subject_from_volume_nodes(volumes: dict[str, Any], subject_id: str | None = 
     for seq in SEQUENCES:
         data = volume_array(volumes[seq]).astype(np.float32)
         if not np.all(np.isfinite(data)):
-            raise InputDataError(f"{seq}: volume {volumes[seq].GetName()} has NaN or infinite voxels; replace them first.")
+            raise InputDataError(f"{seq}: volume {volumes[seq].GetName()} has NaN or infinite voxels; "
+                                 "replace them first.")
         if float(data.min()) == float(data.max()):
             raise InputDataError(f"{seq}: volume {volumes[seq].GetName()} is constant; it holds no brain.")
         images.append(apply_orientation(data, to_canonical))
@@ -324,7 +326,7 @@ def subject_from_volume_nodes(volumes: dict[str, Any], subject_id: str | None = 
         if seg.IsA("vtkMRMLSegmentationNode"):
             raw = labels_from_segmentation(seg, reference)
         else:
-            if _grid_problem(seg, reference, tolerance):
+            if grid_problem(seg, reference, tolerance):
                 raise InputDataError(f"Segmentation {seg.GetName()} is not in the grid of {reference.GetName()}.")
             raw = volume_array(seg)
         labels = np.ascontiguousarray(apply_orientation(np.rint(raw).astype(np.int16), to_canonical))
@@ -649,6 +651,7 @@ def remove_nodes(nodes, scene=None) -> None:
 __all__ = [
     "ANOMALY_COLOURS", "GRADDIFF_COLOURS", "OverlayStyle", "SceneSnapshot", "SubjectNodes", "add_subject", "add_volume",
     "array_to_matrix", "find_colour_node", "find_segment_id", "from_source_grid", "get_parameter_node", "get_scene",
+    "grid_problem",
     "ijk_to_ras", "labels_from_segmentation", "load_volume", "matrix_to_array", "read_parameters", "remove_nodes",
     "save_volume", "segment_array", "segment_ids", "segmentation_from_labels", "set_overlay_opacity",
     "show_in_slice_views", "slice_composite_nodes", "style_overlay", "subject_from_volume_nodes", "to_source_grid",

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 from monai.networks.nets import VQVAE, AutoencoderKL
+from monai.networks.nets.vqvae import Decoder as VQVAEDecoder
+from monai.networks.nets.vqvae import Encoder as VQVAEEncoder
 from torch import nn
 
 from brainldm.errors import SettingsError
@@ -114,32 +116,95 @@ class FirstStage(nn.Module):
         raise NotImplementedError
 
 
+def _vqvae_layout(config: AutoencoderConfig) -> tuple[tuple, tuple]:
+    """Down/upsampling parameters of MONAI's VQVAE encoder/decoder for ``config``.
+
+    Each level opens with a stride-2 convolution (kernel 4); with ``full_resolution_level``
+    the first level keeps the resolution (stride 1, kernel 3) instead, so that
+    ``compression = 2 ** (levels - 1)`` as in the thesis' channel-factor convention.
+    """
+    levels = len(config.channels)
+    keep_first = config.full_resolution_level
+    down = tuple((1, 3, 1, 1) if (i == 0 and keep_first) else (2, 4, 1, 1) for i in range(levels))
+    up = tuple((1, 3, 1, 1, 0) if (i == levels - 1 and keep_first) else (2, 4, 1, 1, 0) for i in range(levels))
+    return down, up
+
+
 class KLAutoencoder(FirstStage):
-    """KL-regularised autoencoder (MONAI ``AutoencoderKL``)."""
+    """KL-regularised autoencoder.
+
+    With ``full_resolution_level=True`` this is MONAI's ``AutoencoderKL`` (GroupNorm + SiLU
+    ResNet blocks, optional deepest-level attention). With ``False`` it is MONAI's VQVAE
+    encoder/decoder (strided convolutions, ReLU residual units) whose encoder predicts
+    ``2 * latent_channels`` maps: the posterior mean and log-variance (clamped to
+    [-30, 20] like MONAI).
+    """
 
     def __init__(self, config: AutoencoderConfig) -> None:
         super().__init__(config)
         levels = len(config.channels)
-        attention_levels = tuple(config.attention and i == levels - 1 for i in range(levels))
-        self.net = AutoencoderKL(
-            spatial_dims=config.spatial_dims,
-            in_channels=config.in_channels,
-            out_channels=config.in_channels,
-            num_res_blocks=config.num_res_blocks,
-            channels=tuple(config.channels),
-            attention_levels=attention_levels,
-            latent_channels=config.latent_channels,
-            norm_num_groups=config.norm_num_groups,
-            with_encoder_nonlocal_attn=config.attention,
-            with_decoder_nonlocal_attn=config.attention,
-            use_checkpoint=config.use_checkpointing,
-        )
+        self.net: nn.Module | None = None
+        if config.full_resolution_level:
+            attention_levels = tuple(config.attention and i == levels - 1 for i in range(levels))
+            self.net = AutoencoderKL(
+                spatial_dims=config.spatial_dims,
+                in_channels=config.in_channels,
+                out_channels=config.in_channels,
+                num_res_blocks=config.num_res_blocks,
+                channels=tuple(config.channels),
+                attention_levels=attention_levels,
+                latent_channels=config.latent_channels,
+                norm_num_groups=config.norm_num_groups,
+                with_encoder_nonlocal_attn=config.attention,
+                with_decoder_nonlocal_attn=config.attention,
+                use_checkpoint=config.use_checkpointing,
+            )
+        else:
+            down, up = _vqvae_layout(config)
+            self.encoder = VQVAEEncoder(
+                spatial_dims=config.spatial_dims,
+                in_channels=config.in_channels,
+                out_channels=2 * config.latent_channels,
+                channels=tuple(config.channels),
+                num_res_layers=config.num_res_blocks,
+                num_res_channels=tuple(config.channels),
+                downsample_parameters=down,
+                dropout=0.0,
+                act="RELU",
+            )
+            self.decoder = VQVAEDecoder(
+                spatial_dims=config.spatial_dims,
+                in_channels=config.latent_channels,
+                out_channels=config.in_channels,
+                channels=tuple(config.channels),
+                num_res_layers=config.num_res_blocks,
+                num_res_channels=tuple(config.channels),
+                upsample_parameters=up,
+                dropout=0.0,
+                act="RELU",
+                output_act=None,
+            )
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and standard deviation of ``q(z|x)``."""
         self.check_image(x)
-        z_mu, z_sigma = self.net.encode(x)
+        if self.net is not None:
+            z_mu, z_sigma = self.net.encode(x)
+            return z_mu, z_sigma
+        moments = self._run(self.encoder, x)
+        z_mu, z_log_var = torch.chunk(moments, 2, dim=1)
+        z_sigma = torch.exp(torch.clamp(z_log_var, -30.0, 20.0) / 2)
         return z_mu, z_sigma
+
+    def _run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.config.use_checkpointing and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(module, x, use_reentrant=False)
+        return module(x)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.net is not None:
+            return self.net.decode(z)
+        return self._run(self.decoder, z)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Posterior mean (deterministic latent)."""
@@ -147,7 +212,7 @@ class KLAutoencoder(FirstStage):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         self.check_latent(z)
-        return self.net.decode(z)
+        return self._decode(z)
 
     @staticmethod
     def kl_divergence(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
@@ -158,13 +223,13 @@ class KLAutoencoder(FirstStage):
         return kl.flatten(1).sum(dim=1).mean()
 
     def forward(self, x: torch.Tensor, sample: bool | None = None) -> AutoencoderOutput:
-        """Reconstruct ``x``; ``sample`` (default: training mode) decodes a posterior sample."""
+        """Reconstruct ``x``; ``sample`` (default: training mode) decodes a posterior sample
+        ``z = mu + sigma * e`` (reparameterisation), otherwise the mean."""
         z_mu, z_sigma = self.posterior(x)
         if sample is None:
             sample = self.training
         z = z_mu + torch.randn_like(z_sigma) * z_sigma if sample else z_mu
-        reconstruction = self.net.decode(z)
-        return AutoencoderOutput(reconstruction, self.kl_divergence(z_mu, z_sigma), z)
+        return AutoencoderOutput(self._decode(z), self.kl_divergence(z_mu, z_sigma), z)
 
 
 class VQAutoencoder(FirstStage):
@@ -176,11 +241,7 @@ class VQAutoencoder(FirstStage):
 
     def __init__(self, config: AutoencoderConfig) -> None:
         super().__init__(config)
-        levels = len(config.channels)
-        # First level keeps the resolution (stride 1), each further level halves it, so
-        # compression = 2 ** (levels - 1) like the KL autoencoder and the thesis' channel factor.
-        down = tuple((1, 3, 1, 1) if i == 0 else (2, 4, 1, 1) for i in range(levels))
-        up = tuple((1, 3, 1, 1, 0) if i == levels - 1 else (2, 4, 1, 1, 0) for i in range(levels))
+        down, up = _vqvae_layout(config)
         self.net = VQVAE(
             spatial_dims=config.spatial_dims,
             in_channels=config.in_channels,

@@ -46,6 +46,8 @@ AUTOENCODER_FILE = "autoencoder.pt"
 DENOISER_FILE = "denoiser.pt"
 MODEL_CARD_FILE = "MODEL_CARD.md"
 WEIGHT_FILES = (AUTOENCODER_FILE, DENOISER_FILE)
+_DESCRIBED_KEYS = ("format", "format_version", "model_id", "created", "autoencoder", "denoiser", "preprocess",
+                   "latent_scale", "schedule", "patch_size", "inference", "training", "files")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -131,6 +133,9 @@ class ModelBundle:
         Recommended detection settings (steps, guidance, mix...), may be empty.
     training:
         Summary of the training runs (steps, losses, data, dates).
+    extra:
+        Further top-level bundle.json entries kept as they are (e.g. a catalogue's
+        ``"default": true``); they cannot replace the entries above.
     """
 
     autoencoder: torch.nn.Module
@@ -147,6 +152,7 @@ class ModelBundle:
     model_card: str = ""
     format_version: int = BUNDLE_FORMAT_VERSION
     path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -176,7 +182,7 @@ class ModelBundle:
 
     def describe(self) -> dict[str, Any]:
         """The bundle.json contents (without checksums)."""
-        return {
+        described = {
             "format": BUNDLE_FORMAT,
             "format_version": self.format_version,
             "model_id": self.model_id,
@@ -190,6 +196,9 @@ class ModelBundle:
             "inference": _jsonable(self.inference),
             "training": _jsonable(self.training),
         }
+        for key, value in self.extra.items():
+            described.setdefault(str(key), _jsonable(value))
+        return described
 
     # ------------------------------------------------------------------ save
     def save(self, folder: str | os.PathLike[str], overwrite: bool = False) -> Path:
@@ -324,6 +333,7 @@ class ModelBundle:
             model_card=card,
             format_version=int(description["format_version"]),
             path=folder,
+            extra={k: v for k, v in description.items() if k not in _DESCRIBED_KEYS},
         )
 
 

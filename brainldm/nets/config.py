@@ -80,13 +80,21 @@ class AutoencoderConfig:
     latent_channels:
         Channels of the latent ``z`` (KL "embedding dimension"; VQ codebook vector size).
     channels:
-        Feature channels per level; ``len(channels) - 1`` downsamplings by 2, so
-        ``compression = 2 ** (len(channels) - 1)``.
+        Feature channels per level (see ``full_resolution_level`` for the compression).
     num_res_blocks:
         Residual blocks per level.
+    full_resolution_level:
+        ``True`` (MONAI ``AutoencoderKL`` layout, thesis convention): the first level works
+        at full image resolution, so ``compression = 2 ** (len(channels) - 1)``.
+        ``False`` (MONAI ``VQVAE`` layout): every level opens with a stride-2 convolution
+        (kernel 4) and the decoder ends with stride-2 transposed convolutions, so no layer
+        runs at full resolution and ``compression = 2 ** len(channels)``; several times
+        faster on whole volumes. A KL autoencoder then uses the VQVAE encoder/decoder with
+        a Gaussian head (ReLU residual units, no normalisation, no attention).
     attention:
-        KL only: self-attention at the deepest level (MONAI's default). Attention over a
-        whole-brain latent dominates CPU time, so CPU presets switch it off.
+        KL with ``full_resolution_level`` only: self-attention at the deepest level
+        (MONAI's default). Attention over a whole-brain latent dominates CPU time, so CPU
+        presets switch it off.
     norm_num_groups:
         KL only: groups of the GroupNorm layers (must divide every entry of ``channels``).
     num_embeddings, commitment_cost, vq_decay, vq_epsilon:
@@ -102,6 +110,7 @@ class AutoencoderConfig:
     latent_channels: int = 4
     channels: tuple[int, ...] = (16, 32, 64)
     num_res_blocks: int = 1
+    full_resolution_level: bool = True
     attention: bool = False
     norm_num_groups: int = 16
     num_embeddings: int = 16384
@@ -122,7 +131,12 @@ class AutoencoderConfig:
             raise SettingsError("in_channels and latent_channels must be positive.")
         if self.num_res_blocks < 0:
             raise SettingsError("num_res_blocks must be 0 or more.")
-        if self.kind == "kl":
+        if self.attention and not (self.kind == "kl" and self.full_resolution_level):
+            raise SettingsError(
+                "Attention is only available in the KL autoencoder with full_resolution_level=True "
+                "(MONAI AutoencoderKL); set attention=False."
+            )
+        if self.kind == "kl" and self.full_resolution_level:
             if any(c % self.norm_num_groups for c in self.channels):
                 raise SettingsError(
                     f"Every entry of channels {self.channels} must be a multiple of "
@@ -130,9 +144,7 @@ class AutoencoderConfig:
                 )
             if self.num_res_blocks < 1:
                 raise SettingsError("A KL autoencoder needs at least one residual block per level.")
-        else:
-            if self.attention:
-                raise SettingsError("The VQ autoencoder (MONAI VQVAE) has no attention layers; set attention=False.")
+        if self.kind == "vq":
             if self.num_embeddings < 2:
                 raise SettingsError("num_embeddings (codebook size) must be at least 2.")
             if not 0.0 <= self.vq_decay < 1.0:
@@ -141,7 +153,7 @@ class AutoencoderConfig:
     @property
     def compression(self) -> int:
         """Spatial down-sampling factor per axis between image and latent."""
-        return 2 ** (len(self.channels) - 1)
+        return 2 ** (len(self.channels) - (1 if self.full_resolution_level else 0))
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)

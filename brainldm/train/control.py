@@ -115,6 +115,7 @@ def launch_background(
     process_env = dict(os.environ)
     process_env.update(env or {})
     process_env.setdefault("PYTHONUNBUFFERED", "1")
+    process_env["BRAINLDM_TRAIN_BACKGROUND"] = "1"  # the log already goes to train.log
     # The package must be importable from the child even when run from a source checkout.
     package_root = str(Path(__file__).resolve().parents[2])
     process_env["PYTHONPATH"] = os.pathsep.join(

@@ -32,6 +32,17 @@ from typing import Any, Callable
 #: States a run can be in (``status.json``'s ``state``).
 RUN_STATES = ("starting", "running", "finished", "failed", "stopped")
 
+#: Set by the runner's early SIGTERM handler (installed before torch is imported), so a stop
+#: requested while the process starts up is not lost.
+EARLY_STOP_SIGNAL = {"received": False}
+
+#: When this process started (STOP files older than this are stale leftovers).
+PROCESS_STARTED = time.time()
+
+
+class StopRequested(Exception):
+    """Raised inside long preparation steps (data, latents) when a stop was requested."""
+
 
 def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
     """Write a file through ``write(fileobj)`` into a temporary sibling, then ``os.replace`` it."""
@@ -199,6 +210,14 @@ class RunDir:
 
     def stop_requested(self) -> bool:
         return self.stop_file.exists()
+
+    def clear_stale_stop(self, started: float = PROCESS_STARTED) -> None:
+        """Remove a STOP file written before this process started (left over from an old run)."""
+        try:
+            if self.stop_file.stat().st_mtime < started - 1.0:
+                self.stop_file.unlink()
+        except FileNotFoundError:
+            pass
 
     def clear_stop(self) -> None:
         try:

@@ -138,7 +138,9 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
     kwargs = {name: _convert(value, hints.get(name, Any), _join(prefix, name)) for name, value in data.items()}
     try:
         obj = cls(**kwargs)
-    except SettingsError:
+    except SettingsError as error:
+        if prefix and not str(error).startswith(prefix):
+            raise SettingsError(f"{prefix}: {error}") from error
         raise
     except (TypeError, ValueError) as error:
         raise SettingsError(f"Invalid settings{' for ' + repr(prefix) if prefix else ''}: {error}") from error

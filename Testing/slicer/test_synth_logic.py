@@ -1,0 +1,58 @@
+"""brainldm.logic.synth: phantom subjects into the scene, lesion centred on a picked point."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="Slicer's MRML core is not installed (pip install 'brainldm[slicer]')")
+
+from brainldm.data.sequences import SEQUENCES  # noqa: E402
+from brainldm.errors import SettingsError  # noqa: E402
+from brainldm.logic import mrml, synth  # noqa: E402
+
+
+def _point_list(ras):
+    import vtk
+
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "lesion centre")
+    node.AddControlPoint(vtk.vtkVector3d(*ras))
+    return node
+
+
+def test_phantom_with_lesion_at_the_point(headless):
+    from brainldm.data.phantom import inplane_diameter_mm
+
+    target = (-35.0, -15.0, 25.0)  # RAS mm, left hemisphere, above the ventricles
+    points = _point_list(target)
+    params = synth.SynthParameters(lesion_point=points, diameter_mm=20.0, seed=5)
+    mrml.write_parameters(mrml.get_parameter_node("BrainLDMSynth"), params)
+    params = mrml.read_parameters(mrml.get_parameter_node("BrainLDMSynth"), synth.SynthParameters)
+    assert params.lesion_point.GetID() == points.GetID()
+
+    nodes = synth.make_phantom_in_scene(params)
+    assert set(nodes.volumes) == set(SEQUENCES)
+    assert mrml.volume_shape(nodes.reference) == (240, 240, 155)
+    lesion = mrml.labels_from_segmentation(nodes.segmentation, nodes.reference) > 0
+    assert lesion.sum() > 500
+    centre_ijk = np.argwhere(lesion).mean(axis=0)
+    centre_ras = (mrml.ijk_to_ras(nodes.reference) @ np.array([*centre_ijk, 1.0]))[:3]
+    assert np.linalg.norm(centre_ras - np.array(target)) < 8.0, centre_ras
+    assert inplane_diameter_mm(lesion) == pytest.approx(20.0, abs=2.0)
+    # the FLAIR is brighter inside the lesion than in the rest of the brain
+    flair = mrml.volume_array(nodes.volumes["t2f"])
+    brain = flair > np.percentile(flair[flair > 0], 5)
+    assert flair[lesion].mean() > flair[brain & ~lesion].mean()
+
+
+def test_point_outside_the_grid_and_bad_diameter(headless):
+    with pytest.raises(SettingsError, match="outside the phantom grid"):
+        synth.make_phantom_in_scene(synth.SynthParameters(lesion_point=_point_list((500.0, 0.0, 0.0))))
+    with pytest.raises(SettingsError, match="out of range"):
+        synth.make_phantom_in_scene(synth.SynthParameters(diameter_mm=80.0))
+    assert headless.scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 0
+
+
+def test_synthesis_is_reported_unavailable():
+    status = synth.synthesis_status()
+    assert status.available is False and status.reason == "synthesis model not yet available"

@@ -1,0 +1,1 @@
+"""Training presets (YAML), loaded by :func:`brainldm.train.config.load_config`."""

@@ -1,0 +1,282 @@
+"""Training configuration: typed dataclasses, loaded from YAML presets or files.
+
+A configuration has shared settings (seed, device, precision, preprocessing, split) and
+one section per stage::
+
+    name: cpu-small
+    seed: 0
+    preprocess: {margin: 4, multiple: 16, ...}        # brainldm.data.preprocess.PreprocessConfig
+    split: {train: 0.8, val: 0.1, test: 0.1, ...}     # brainldm.data.split.SplitConfig
+    autoencoder:                                      # AutoencoderStage
+      model: {kind: kl, channels: [16, 32, 64], ...}  # brainldm.nets.config.AutoencoderConfig
+      patch_size: [64, 64, 64]
+      batch_size: 2
+      lr: 1.0e-4
+      ...
+    denoiser:                                         # DenoiserStage
+      model: {channels: [32, 64, 64], position_embedding: coords, ...}
+      schedule: {kind: linear, num_train_timesteps: 1000, ...}
+      ...
+
+Presets live in ``brainldm/presets/<name>.yaml`` (package data): ``thesis-3d``,
+``thesis-2d``, ``cpu-small`` and ``default``. A preset or file may start with
+``extends: <preset>`` to inherit another preset and change only some keys.
+:func:`load_config` accepts a preset name, a YAML path or a dict, plus ``key=value``
+overrides (``--set autoencoder.lr=3e-5``). Unknown keys raise
+:class:`~brainldm.errors.SettingsError` naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from brainldm.data.preprocess import PreprocessConfig
+from brainldm.data.split import SplitConfig
+from brainldm.diffusion.schedule import ScheduleConfig
+from brainldm.errors import SettingsError
+from brainldm.nets.config import AutoencoderConfig, DenoiserConfig, DiscriminatorConfig
+from brainldm.train.settings import apply_overrides, deep_merge, from_dict, read_yaml, to_dict
+
+PRESET_PACKAGE = "brainldm.presets"
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+@dataclass
+class StageSettings:
+    """Settings shared by both training stages (optimiser, loop, checkpoints, stopping).
+
+    ``patch_size`` is in image voxels (the denoiser's latent patch is ``patch_size /
+    compression``). ``max_minutes > 0`` ends the stage (as "finished") after that much
+    training time, counted across resumes. ``patience`` counts validations without an
+    improvement of at least ``min_delta`` (0 = never stop early). ``freeze`` lists
+    sub-modules (attribute paths, e.g. ``net.encoder``) whose weights stay fixed, for
+    fine-tuning with ``--init``.
+    """
+
+    patch_size: tuple[int, ...] = (64, 64, 64)
+    batch_size: int = 2
+    max_steps: int = 1000
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    ema_decay: float = 0.0
+    val_every: int = 100
+    val_patches: int = 8
+    patience: int = 0
+    min_delta: float = 0.0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    max_minutes: float = 0.0
+    flip_prob: float = 0.5
+    freeze: list[str] = field(default_factory=list)
+
+    def validate_common(self, section: str, spatial_dims: int) -> None:
+        if len(self.patch_size) != spatial_dims:
+            raise SettingsError(f"{section}.patch_size {list(self.patch_size)} must have {spatial_dims} entries "
+                                f"(spatial_dims of the model).")
+        if any(s <= 0 for s in self.patch_size):
+            raise SettingsError(f"{section}.patch_size must be positive, got {list(self.patch_size)}.")
+        for name in ("batch_size", "max_steps", "val_every", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{section}.{name} must be at least 1, got {getattr(self, name)}.")
+        if self.lr <= 0:
+            raise SettingsError(f"{section}.lr must be positive, got {self.lr}.")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise SettingsError(f"{section}.ema_decay must be in [0, 1) (0 = no EMA), got {self.ema_decay}.")
+        if not 0.0 <= self.flip_prob <= 1.0:
+            raise SettingsError(f"{section}.flip_prob must be in [0, 1], got {self.flip_prob}.")
+        if self.val_patches < 0 or self.patience < 0 or self.grad_clip < 0 or self.max_minutes < 0:
+            raise SettingsError(f"{section}: val_patches, patience, grad_clip and max_minutes must be >= 0.")
+
+
+@dataclass
+class AdversarialSettings:
+    """Optional patch-discriminator (hinge) loss of the first stage (Table 3.1/3.2).
+
+    ``weight = 0`` disables it. The generator term starts at ``start_step`` (warm-up with
+    L1 + regularisation only); ``lr`` 0 means the stage's ``lr``.
+    """
+
+    weight: float = 0.0
+    start_step: int = 0
+    lr: float = 0.0
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+
+
+@dataclass
+class AutoencoderStage(StageSettings):
+    """First-stage training: L1 + regularisation (KL weight, or the VQ commitment loss)
+    + optional adversarial loss. Validation reports the mean absolute error inside the
+    brain in normalised [-1, 1] units (the early-stopping criterion)."""
+
+    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    kl_weight: float = 1e-6
+    vq_weight: float = 1.0
+    adversarial: AdversarialSettings = field(default_factory=AdversarialSettings)
+
+    def validate(self) -> None:
+        self.validate_common("autoencoder", self.model.spatial_dims)
+        c = self.model.compression
+        if any(s % c for s in self.patch_size):
+            raise SettingsError(f"autoencoder.patch_size {list(self.patch_size)} must be a multiple of the "
+                                f"compression {c} in every axis.")
+        if self.kl_weight < 0 or self.vq_weight < 0 or self.adversarial.weight < 0:
+            raise SettingsError("autoencoder loss weights must be >= 0.")
+
+
+@dataclass
+class DenoiserStage(StageSettings):
+    """Latent denoiser training: epsilon-prediction MSE (Eq. 2.31) on latent patches with
+    classifier-free label dropout (``label_dropout``, Table 3.2: 0.2).
+
+    Patches are drawn by the healthy-patch distance sampler (§3.3.2) with
+    ``diseased_fraction`` diseased patches (0.5 in the thesis), or uniformly
+    (``sampler: uniform``, the ablation). ``latent_scale`` null = 1 / std of the training
+    latents, computed once and stored with the model.
+    """
+
+    model: DenoiserConfig = field(default_factory=DenoiserConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    label_dropout: float = 0.2
+    diseased_fraction: float = 0.5
+    sampler: Literal["distance", "uniform"] = "distance"
+    latent_scale: float | None = None
+
+    def validate(self, autoencoder: AutoencoderConfig) -> None:
+        self.validate_common("denoiser", self.model.spatial_dims)
+        self.schedule.validate()
+        if self.model.spatial_dims != autoencoder.spatial_dims:
+            raise SettingsError(f"denoiser.model.spatial_dims ({self.model.spatial_dims}) must equal "
+                                f"autoencoder.model.spatial_dims ({autoencoder.spatial_dims}).")
+        if self.model.latent_channels != autoencoder.latent_channels:
+            raise SettingsError(f"denoiser.model.latent_channels ({self.model.latent_channels}) must equal "
+                                f"autoencoder.model.latent_channels ({autoencoder.latent_channels}).")
+        c = autoencoder.compression
+        if any(s % c for s in self.patch_size):
+            raise SettingsError(f"denoiser.patch_size {list(self.patch_size)} must be a multiple of the "
+                                f"autoencoder's compression {c}.")
+        m = self.model.size_multiple
+        latent = [s // c for s in self.patch_size]
+        if any(s % m for s in latent):
+            raise SettingsError(f"The latent patch {latent} (= denoiser.patch_size / {c}) must be a multiple of "
+                                f"{m} (the denoiser's {len(self.model.channels)} levels) in every axis.")
+        if not 0.0 <= self.label_dropout <= 1.0 or not 0.0 <= self.diseased_fraction <= 1.0:
+            raise SettingsError("denoiser.label_dropout and denoiser.diseased_fraction must be in [0, 1].")
+        if self.latent_scale is not None and self.latent_scale <= 0:
+            raise SettingsError(f"denoiser.latent_scale must be positive (or null), got {self.latent_scale}.")
+
+    def latent_patch_size(self, compression: int) -> tuple[int, ...]:
+        return tuple(int(s) // compression for s in self.patch_size)
+
+
+@dataclass
+class TrainingConfig:
+    """Everything that defines a training run (saved as ``<run>/config.yaml``).
+
+    ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...
+    ``precision``: ``auto`` = CUDA mixed precision (bf16 when supported, else fp16 with
+    gradient scaling) and fp32 on the CPU; ``bf16`` on the CPU is allowed but off by default.
+    ``num_threads`` > 0 sets torch's CPU threads. ``max_subjects`` > 0 uses only the first
+    subjects (quick trials). ``cache`` keeps preprocessed subjects and latents as ``.npy``
+    files in ``<run>/cache`` (memory-mapped, so data sets larger than RAM work).
+    """
+
+    name: str = "custom"
+    description: str = ""
+    seed: int = 0
+    device: str = "auto"
+    precision: Precision = "auto"
+    num_threads: int = 0
+    max_subjects: int = 0
+    cache: bool = True
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    autoencoder: AutoencoderStage = field(default_factory=AutoencoderStage)
+    denoiser: DenoiserStage = field(default_factory=DenoiserStage)
+
+    def validate(self) -> "TrainingConfig":
+        self.autoencoder.validate()
+        self.denoiser.validate(self.autoencoder.model)
+        if self.precision == "fp16" and not self.device.startswith("cuda") and self.device != "auto":
+            raise SettingsError("precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU.")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: Path) -> None:
+        from brainldm.train.rundir import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_yaml())
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped presets."""
+    folder = resources.files(PRESET_PACKAGE)
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_dict(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The raw mapping of a preset, with ``extends`` resolved."""
+    if name in _seen:
+        raise SettingsError(f"Presets extend each other in a loop: {' -> '.join((*_seen, name))}.")
+    path = resources.files(PRESET_PACKAGE) / f"{name}.yaml"
+    if not path.is_file():
+        raise SettingsError(f"Unknown training preset {name!r}. Available presets: {', '.join(list_presets())}; "
+                            "or give the path of a YAML file.")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return _resolve_extends(data, (*_seen, name))
+
+
+def _resolve_extends(data: dict[str, Any], seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise SettingsError("A training configuration must be a mapping of settings.")
+    data = dict(data)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise SettingsError(f"'extends' must name a preset, got {parent!r}.")
+    return deep_merge(preset_dict(parent, seen), data)
+
+
+def load_config(
+    source: "str | Path | dict[str, Any] | TrainingConfig | None" = None,
+    overrides: list[str] | tuple[str, ...] | None = None,
+) -> TrainingConfig:
+    """Build a validated :class:`TrainingConfig`.
+
+    ``source``: a preset name (``cpu-small``), a YAML file path, a dict, a config (copied
+    through its dict), or ``None`` for the ``default`` preset. ``overrides``: ``key=value``
+    strings with dotted keys, values parsed as YAML (``denoiser.model.channels=[32,64,64]``).
+    """
+    if isinstance(source, TrainingConfig):
+        data = source.to_dict()
+    elif isinstance(source, dict):
+        data = _resolve_extends(source)
+    elif source is None:
+        data = preset_dict("default")
+    else:
+        text = str(source)
+        path = Path(text).expanduser()
+        if path.suffix.lower() in (".yaml", ".yml") or path.is_file():
+            data = _resolve_extends(read_yaml(path))
+        else:
+            data = preset_dict(text)
+    data = apply_overrides(data, overrides)
+    config = from_dict(TrainingConfig, data)
+    return config.validate()

@@ -1,0 +1,192 @@
+"""Command-line entry of one training process: ``python -m brainldm.train.runner``.
+
+This is what :func:`brainldm.train.control.launch_background` starts (detached), what
+``torchrun`` starts once per GPU (see :mod:`brainldm.train.distributed` for torchrun and
+SLURM examples), and what can be run by hand::
+
+    python -m brainldm.train.runner --stage all --config cpu-small --data phantoms/ --run runs/small
+    python -m brainldm.train.runner --stage autoencoder --config thesis-3d --data BraTS2023/ --run runs/ae \\
+        --set autoencoder.batch_size=4 --resume
+    python -m brainldm.train.runner --stage denoiser --data BraTS2023/ --run runs/ldm --autoencoder runs/ae
+
+Stages: ``autoencoder``, ``denoiser`` (needs ``--autoencoder`` or ``--init BUNDLE``) and
+``all`` (first stage in ``<run>/autoencoder``, denoiser in ``<run>/denoiser``, then a model
+bundle in ``<run>/bundle``). Exit status: 0 finished or stopped, 2 user error (message in
+the log), 1 unexpected error (traceback in the log).
+"""
+
+from __future__ import annotations
+
+import signal
+
+from brainldm.train.rundir import EARLY_STOP_SIGNAL
+
+
+def _early_stop_handler(signum, frame):  # noqa: ARG001
+    EARLY_STOP_SIGNAL["received"] = True
+
+
+if __name__ == "__main__":  # before the heavy imports: a SIGTERM during start-up still stops cleanly
+    signal.signal(signal.SIGTERM, _early_stop_handler)
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from brainldm.errors import BrainLDMError
+from brainldm.train.config import TrainingConfig, load_config
+from brainldm.train.rundir import RunDir
+
+log = logging.getLogger("brainldm.train")
+
+#: Set in the environment of background runs (their stdout/stderr already go to train.log).
+BACKGROUND_ENV = "BRAINLDM_TRAIN_BACKGROUND"
+
+
+def resolve_run_config(config, run_dir, resume: bool, overrides=()) -> TrainingConfig:
+    """The configuration of a run: the given one, or on resume the run's own ``config.yaml``."""
+    run = RunDir(run_dir)
+    if config is None and resume and run.config_file.is_file():
+        return load_config(run.config_file, overrides)
+    return load_config(config, overrides)
+
+
+@contextlib.contextmanager
+def log_to_run(run_dir: str | Path) -> Iterator[None]:
+    """Also write the ``brainldm`` log to ``<run>/train.log`` (foreground runs)."""
+    if os.environ.get(BACKGROUND_ENV):
+        yield
+        return
+    run = RunDir(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger("brainldm")
+    handler = logging.FileHandler(run.log_file, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    previous_level = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.setLevel(previous_level)
+
+
+def train_all(
+    config,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    resume: bool = False,
+    init: str | Path | None = None,
+    overrides=(),
+    show_progress: bool = True,
+    export: bool = True,
+):
+    """Train the first stage, then the denoiser on it, then export a bundle to ``<run>/bundle``.
+
+    ``<run>/status.json`` follows whichever stage runs. On ``resume`` a finished first
+    stage is not trained again. ``init`` (a model bundle) fine-tunes both stages from it.
+    Returns the denoiser's TrainingResult (``.bundle`` set when exported).
+    """
+    from brainldm.train.autoencoder import AutoencoderTrainer
+    from brainldm.train.control import runs_status
+    from brainldm.train.denoiser import DenoiserTrainer
+    from brainldm.train.distributed import setup_distributed
+    from brainldm.train.export import export_bundle
+
+    run = RunDir(run_dir)
+    cfg = resolve_run_config(config, run.path, resume, overrides)
+    context = setup_distributed(cfg.device)
+    try:
+        if context.is_main:
+            run.create()
+            cfg.save(run.config_file)
+        ae_run = run.path / "autoencoder"
+        ae_done = resume and (ae_run / "status.json").exists() and runs_status(ae_run).state == "finished"
+        if not ae_done:
+            trainer = AutoencoderTrainer(
+                cfg, data_dir, ae_run, resume=resume and RunDir(ae_run).last_checkpoint.exists(), init=init,
+                context=context, status_mirrors=[run.path], show_progress=show_progress)
+            trainer.mirror_state_map = {"finished": "running"}
+            result = trainer.run()
+            if result.state != "finished":
+                return result
+        den_run = run.path / "denoiser"
+        trainer = DenoiserTrainer(
+            cfg, data_dir, den_run, autoencoder=ae_run, resume=resume and RunDir(den_run).last_checkpoint.exists(),
+            init=init, context=context, status_mirrors=[run.path], show_progress=show_progress)
+        if export:
+            trainer.mirror_state_map = {"finished": "running"}
+        result = trainer.run()
+        if result.state == "finished" and export:
+            bundle = None
+            if context.is_main:
+                bundle = export_bundle(den_run, run.path / "bundle", overwrite=True)
+                status = run.read_status()
+                if status is not None:
+                    status.state = "finished"
+                    status.message = f"finished; model bundle in {bundle}"
+                    run.write_status(status)
+            result.bundle = bundle
+        return result
+    finally:
+        context.shutdown()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m brainldm.train.runner",
+                                     description="Run one BrainLDM training stage (foreground).")
+    parser.add_argument("--stage", choices=["autoencoder", "denoiser", "all"], required=True)
+    parser.add_argument("--run", type=Path, required=True, help="run folder (created if needed)")
+    parser.add_argument("--data", type=Path, help="folder with the training subjects")
+    parser.add_argument("--config", help="preset name (cpu-small, thesis-3d, thesis-2d, default) or YAML file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. --set autoencoder.max_steps=500 (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue from <run>/checkpoints/last.pt if present")
+    parser.add_argument("--init", type=Path, help="start from these weights (model bundle, run or checkpoint)")
+    parser.add_argument("--autoencoder", type=Path, help="denoiser stage: the frozen first stage "
+                        "(autoencoder run, checkpoint or model bundle)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    show_progress = not args.no_progress
+    try:
+        with log_to_run(args.run):
+            if args.stage == "autoencoder":
+                from brainldm.train.autoencoder import train_autoencoder
+
+                result = train_autoencoder(args.config, args.data, args.run, resume=args.resume, init=args.init,
+                                           overrides=args.overrides, show_progress=show_progress)
+            elif args.stage == "denoiser":
+                from brainldm.train.denoiser import train_denoiser
+
+                result = train_denoiser(args.config, args.data, args.run, autoencoder=args.autoencoder,
+                                        resume=args.resume, init=args.init, overrides=args.overrides,
+                                        show_progress=show_progress)
+            else:
+                result = train_all(args.config, args.data, args.run, resume=args.resume, init=args.init,
+                                   overrides=args.overrides, show_progress=show_progress)
+    except BrainLDMError as error:
+        log.error("%s", error)
+        print(f"brainldm training: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    log.info("%s: %s at step %d (%s)", args.stage, result.state, result.step, result.reason)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
