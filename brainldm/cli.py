@@ -168,6 +168,64 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from brainldm.train import control
+
+    if args.background:
+        run = control.launch_background(
+            args.stage, args.data, args.out, config=args.config, overrides=args.set, resume=args.resume,
+            init=args.init, autoencoder=args.autoencoder, gpus=args.gpus,
+        )
+        print(f"training started in the background (pid {run.pid}); log: {Path(args.out) / 'train.log'}")
+        print(f"follow it with: brainldm runs status {args.out}    stop it with: brainldm runs stop {args.out}")
+        return 0
+    from brainldm.train.runner import main as runner_main
+
+    argv = ["--stage", args.stage, "--run", str(args.out)]
+    if args.data:
+        argv += ["--data", str(args.data)]
+    if args.config:
+        argv += ["--config", str(args.config)]
+    for item in args.set:
+        argv += ["--set", item]
+    if args.resume:
+        argv.append("--resume")
+    if args.init:
+        argv += ["--init", str(args.init)]
+    if args.autoencoder:
+        argv += ["--autoencoder", str(args.autoencoder)]
+    return runner_main(argv)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from brainldm.train import control
+
+    if args.action == "stop":
+        status = control.stop_run(args.run, wait=args.wait)
+        print(f"{args.run}: {status.state} at step {status.step} ({status.message})")
+        return 0
+    status = control.runs_status(args.run)
+    eta = f", ETA {status.eta_seconds / 60:.1f} min" if status.eta_seconds else ""
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in (status.losses or {}).items())
+    print(f"{args.run}: {status.state} - {status.stage} step {status.step}/{status.total_steps} "
+          f"(epoch {status.epoch:.1f}){eta}")
+    if losses:
+        print(f"  losses: {losses}")
+    if status.message:
+        print(f"  {status.message}")
+    for skipped in status.skipped_subjects or []:
+        print(f"  skipped subject: {skipped}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from brainldm.train.export import export_bundle
+
+    path = export_bundle(args.runs, args.out, model_id=args.model_id, overwrite=args.overwrite)
+    print(f"model bundle written to {path}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -225,6 +283,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed-phantom", type=int, default=20261125, help="phantom used when no input is given")
     p.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("train", help="train the first stage, the latent denoiser, or both")
+    p.add_argument("stage", choices=["autoencoder", "denoiser", "all"])
+    p.add_argument("--config", default="cpu-small",
+                   help="preset (cpu-small, default, thesis-3d, thesis-2d) or a YAML file (default %(default)s)")
+    p.add_argument("--data", type=Path, help="folder of training subjects (BraTS naming)")
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics.jsonl, status.json)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    p.add_argument("--resume", action="store_true", help="continue a stopped or killed run at the same step")
+    p.add_argument("--init", type=Path, help="fine-tune from this model bundle / run / checkpoint")
+    p.add_argument("--autoencoder", type=Path, help="denoiser stage: the trained first stage (run or bundle)")
+    p.add_argument("--background", action="store_true", help="detach: keep training after the terminal closes")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs on this machine (DDP via torchrun when > 1)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("runs", help="status of a training run, or stop it (a checkpoint is saved first)")
+    p.add_argument("action", choices=["status", "stop"])
+    p.add_argument("run", type=Path)
+    p.add_argument("--wait", type=float, default=60.0, help="stop: seconds to wait for the checkpoint")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("export", help="make a model bundle from finished training runs")
+    p.add_argument("runs", type=Path, nargs="+", help="denoiser run (and its autoencoder run, if separate)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--model-id")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
 
     return parser
 

@@ -86,7 +86,12 @@ def test_compression_follows_levels() -> None:
 def test_thesis_presets_match_tables() -> None:
     vq = thesis_vq_3d()
     assert (vq.kind, vq.channels, vq.num_res_blocks, vq.latent_channels, vq.num_embeddings) == (
-        "vq", (128, 256), 1, 8, 16384)
+        "vq",
+        (128, 256),
+        1,
+        8,
+        16384,
+    )
     assert vq.commitment_cost == 0.25
     kl = thesis_kl_2d()
     assert (kl.channels, kl.latent_channels, kl.spatial_dims) == ((128, 256, 512), 4, 2)

@@ -10,7 +10,13 @@ import pytest
 
 from brainldm.errors import BrainLDMError
 from brainldm.train.autoencoder import train_autoencoder
-from brainldm.train.control import launch_background, list_runs, runner_command, runs_status, stop_run
+from brainldm.train.control import (
+    launch_background,
+    list_runs,
+    runner_command,
+    runs_status,
+    stop_run,
+)
 from brainldm.train.rundir import RunDir, RunStatus
 from brainldm.train.state import load_checkpoint
 from brainldm.train.toy import tiny_overrides, write_toy_dataset
@@ -41,8 +47,19 @@ def data_dir(tmp_path_factory):
 def test_runner_command_shapes(tmp_path):
     single = runner_command("autoencoder", tmp_path, tmp_path / "d", "cpu-small", ["a=1"], resume=True)
     assert single[1:3] == ["-m", "brainldm.train.runner"] and "--resume" in single and "a=1" in single
-    multi = runner_command("denoiser", tmp_path, tmp_path / "d", gpus=4, autoencoder=tmp_path / "ae")
+    multi = runner_command("denoiser", tmp_path, tmp_path / "d", "cpu-small", ["denoiser.lr=1e-4"], resume=True,
+                           init=tmp_path / "b", gpus=4, autoencoder=tmp_path / "ae")
     assert "torch.distributed.run" in multi and "--nproc_per_node=4" in multi and "--autoencoder" in multi
+    # torchrun's own parser must hand every runner option through untouched (no prefix clashes).
+    from torch.distributed.run import get_args_parser
+
+    parsed = get_args_parser().parse_args(multi[3:])
+    assert parsed.module and parsed.training_script == "brainldm.train.runner"
+    assert parsed.training_script_args == multi[multi.index("brainldm.train.runner") + 1:]
+    from brainldm.train.runner import build_parser
+
+    runner = build_parser().parse_args(parsed.training_script_args)
+    assert runner.stage == "denoiser" and runner.run == tmp_path and runner.resume and runner.overrides == ["denoiser.lr=1e-4"]
 
 
 def test_status_of_missing_and_dead_runs(tmp_path):

@@ -82,12 +82,16 @@ def test_resume_continues_at_the_same_step_with_the_same_result(data_dir, tmp_pa
     losses_b = [r["loss"] for r in train_records(tmp_path / "resumed")]
     assert [r["step"] for r in train_records(tmp_path / "resumed")] == list(range(1, 9))
     np.testing.assert_allclose(losses_a, losses_b, rtol=1e-5)
+    # Resuming with other network settings is refused with a clear message.
+    with pytest.raises(SettingsError, match="num_res_blocks"):
+        train_autoencoder("cpu-small", data_dir, tmp_path / "resumed", resume=True, show_progress=False,
+                          overrides=[*overrides, "autoencoder.max_steps=9", "autoencoder.model.num_res_blocks=2"])
 
 
 def test_incomplete_subjects_are_listed(data_dir, tmp_path):
     folder = tmp_path / "data"
     shutil.copytree(data_dir, folder)
-    broken = sorted(folder.iterdir())[0]
+    broken = min(folder.iterdir())
     next(broken.glob("*-t2f.nii.gz")).unlink()
     run = tmp_path / "run"
     result = train_autoencoder("cpu-small", folder, run, overrides=tiny_overrides(max_steps=1, every=1),
@@ -226,3 +230,17 @@ def test_bf16_autocast_on_cpu(data_dir, tmp_path):
                                overrides=[*tiny_overrides(max_steps=2, every=2), "precision=bf16"], show_progress=False)
     assert result.state == "finished"
     assert all(np.isfinite(r["l1"]) for r in train_records(tmp_path / "bf16"))
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_real_subjects_end_to_end(shared_data, tmp_path):
+    """Three real BraTS-like subjects (different orientations, pseudo labels): both stages and a bundle."""
+    run = tmp_path / "real"
+    overrides = [*tiny_overrides(max_steps=3, every=3), "split.train=1.0", "split.val=0.0", "split.test=0.0"]
+    result = train_all("cpu-small", shared_data / "brats_like", run, overrides=overrides, show_progress=False)
+    assert result.state == "finished"
+    bundle = ModelBundle.load(result.bundle)
+    assert bundle.training["denoiser"]["data"]["n_train"] == 3
+    state = load_checkpoint(RunDir(run / "denoiser").last_checkpoint)
+    assert state["data"]["validating_on_train"] is True

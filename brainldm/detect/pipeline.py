@@ -38,6 +38,7 @@ from brainldm.diffusion.guidance import make_noise_fn
 from brainldm.diffusion.sampler import SamplerSettings, final_latent, generate, invert
 from brainldm.errors import BrainLDMError, SettingsError
 from brainldm.evaluate.metrics import segmentation_metrics
+from brainldm.nets.cpu_speed import use_onednn_convolutions
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,9 @@ def detect(
     want_graddiff = settings.threshold == "graddiff" if record_graddiff is None else bool(record_graddiff)
     bundle.to(device)
     autoencoder, denoiser = bundle.autoencoder.eval(), bundle.denoiser.eval()
+    if device.type == "cpu":
+        use_onednn_convolutions(autoencoder)
+        use_onednn_convolutions(denoiser)
     start_all = time.perf_counter()
 
     report("preprocess", 0.0)

@@ -25,6 +25,7 @@ import torch
 
 from brainldm.data.subject import Subject
 from brainldm.detect.settings import DetectionSettings
+from brainldm.nets.cpu_speed import use_onednn_convolutions
 
 
 @dataclass
@@ -77,6 +78,8 @@ def reference_time(subject: Subject, settings: DetectionSettings, config: Refere
     compression = autoencoder.compression
     latent = config.patch_size // compression
     denoiser = build_denoiser(thesis_3d(latent_patch_size=latent, latent_channels=ae_config.latent_channels)).eval()
+    use_onednn_convolutions(autoencoder)  # same CPU speed-up as the fast path: a fair comparison
+    use_onednn_convolutions(denoiser)
     with torch.inference_mode():
         patch = torch.rand(1, 4, *(config.patch_size,) * 3) * 2 - 1
         t_encode = _time(lambda: autoencoder.encode(patch), config.probe_patches)

@@ -235,9 +235,9 @@ class KLAutoencoder(FirstStage):
 class VQAutoencoder(FirstStage):
     """Vector-quantised autoencoder with EMA codebook (MONAI ``VQVAE``)."""
 
-    #: Latent vectors handled per chunk in the nearest-code search (bounds memory to
-    #: ``chunk x num_embeddings`` floats).
-    search_chunk: int = 8192
+    #: Bound of the distance block ``chunk x num_embeddings`` in the nearest-code search
+    #: (2**25 floats = 128 MB; 2048 latent vectors per chunk with 16384 codes).
+    search_block: int = 2**25
 
     def __init__(self, config: AutoencoderConfig) -> None:
         super().__init__(config)
@@ -275,11 +275,12 @@ class VQAutoencoder(FirstStage):
         book = self.codebook.float()
         book_sq = (book * book).sum(dim=1)
         out = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
-        for begin in range(0, flat.shape[0], self.search_chunk):
-            part = flat[begin : begin + self.search_chunk]
+        chunk = max(256, self.search_block // book.shape[0])
+        for begin in range(0, flat.shape[0], chunk):
+            part = flat[begin : begin + chunk]
             # ||a - b||^2 = ||a||^2 + ||b||^2 - 2 a.b ; ||a||^2 is constant per row.
             dist = book_sq[None, :] - 2.0 * part @ book.t()
-            out[begin : begin + self.search_chunk] = dist.argmin(dim=1)
+            out[begin : begin + chunk] = dist.argmin(dim=1)
         return out.view(z_e.shape[0], *z_e.shape[2:])
 
     def embed(self, indices: torch.Tensor) -> torch.Tensor:
@@ -333,13 +334,26 @@ class VQAutoencoder(FirstStage):
         return AutoencoderOutput(self.net.decode(quantised), loss, quantised)
 
 
-def build_autoencoder(config: AutoencoderConfig) -> FirstStage:
-    """Build the first stage described by ``config``."""
+def use_channels_last(module: nn.Module, spatial_dims: int) -> nn.Module:
+    """Store convolution weights channels-last (NDHWC / NHWC), in place.
+
+    oneDNN then runs the convolutions in its blocked channels-last kernels: measured on the
+    2-core CPU, whole-brain encode/decode and denoiser passes get 1.2-2.5x faster. Results
+    change only by float rounding; ``load_state_dict`` and ``.to(device)`` keep the layout.
+    """
+    fmt = torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+    return module.to(memory_format=fmt)
+
+
+def build_autoencoder(config: AutoencoderConfig, channels_last: bool = True) -> FirstStage:
+    """Build the first stage described by ``config`` (weights channels-last by default,
+    see :func:`use_channels_last`)."""
     if not isinstance(config, AutoencoderConfig):
         raise SettingsError(f"build_autoencoder needs an AutoencoderConfig, got {type(config).__name__}.")
-    if config.kind == "kl":
-        return KLAutoencoder(config)
-    return VQAutoencoder(config)
+    model: FirstStage = KLAutoencoder(config) if config.kind == "kl" else VQAutoencoder(config)
+    if channels_last:
+        use_channels_last(model, config.spatial_dims)
+    return model
 
 
 # --------------------------------------------------------------------------- perceptual loss
@@ -381,4 +395,5 @@ __all__ = [
     "VQAutoencoder",
     "build_autoencoder",
     "build_perceptual_loss",
+    "use_channels_last",
 ]

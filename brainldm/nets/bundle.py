@@ -89,9 +89,7 @@ def config_from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         default = names[key].default
-        if isinstance(value, list) and (isinstance(default, tuple) or names[key].default_factory is tuple):
-            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-        elif isinstance(value, list) and "tuple" in str(names[key].type):
+        if isinstance(value, list) and (isinstance(default, tuple) or names[key].default_factory is tuple) or isinstance(value, list) and "tuple" in str(names[key].type):
             value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
         kwargs[key] = value
     try:
@@ -175,7 +173,7 @@ class ModelBundle:
     def latent_patch_size(self) -> tuple[int, ...]:
         return tuple(int(s) // self.compression for s in self.patch_size)
 
-    def to(self, device: str | torch.device) -> "ModelBundle":
+    def to(self, device: str | torch.device) -> ModelBundle:
         self.autoencoder.to(device)
         self.denoiser.to(device)
         return self
@@ -287,7 +285,7 @@ class ModelBundle:
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str], device: str | torch.device = "cpu",
-             verify: bool = True) -> "ModelBundle":
+             verify: bool = True) -> ModelBundle:
         """Load a bundle onto ``device`` (networks in eval mode, gradients off)."""
         from brainldm.data.preprocess import PreprocessConfig
         from brainldm.nets.autoencoder import build_autoencoder

@@ -28,8 +28,11 @@ def _onednn_conv3d_forward(self: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
         and self.padding_mode == "zeros"
         and isinstance(self.padding, tuple)
     ):
+        # keep the layout the weights were stored in (channels-last models stay channels-last)
+        layout = (torch.channels_last_3d if self.weight.is_contiguous(memory_format=torch.channels_last_3d)
+                  else torch.contiguous_format)
         return torch.ops.aten.mkldnn_convolution(
-            x.contiguous(), self.weight, self.bias, list(self.padding), list(self.stride), list(self.dilation),
+            x.contiguous(memory_format=layout), self.weight, self.bias, list(self.padding), list(self.stride), list(self.dilation),
             self.groups,
         )
     return nn.Conv3d.forward(self, x)

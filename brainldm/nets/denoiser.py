@@ -26,6 +26,7 @@ from torch import nn
 
 from brainldm.data.sampling import DISEASED, HEALTHY
 from brainldm.errors import SettingsError
+from brainldm.nets.autoencoder import use_channels_last
 from brainldm.nets.config import DenoiserConfig
 from brainldm.nets.position import SinusoidalPatchEmbedding, coordinate_channels
 
@@ -45,12 +46,10 @@ def label_dropout(
     return torch.where(drop, torch.full_like(labels, null_label), labels)
 
 
-def _per_sample(value: torch.Tensor | int | float, batch: int, name: str, device: torch.device) -> torch.Tensor:
+def _per_sample(value: torch.Tensor | float, batch: int, name: str, device: torch.device) -> torch.Tensor:
     """Broadcast a scalar or ``(1,)`` value to ``(batch,)``."""
     tensor = torch.as_tensor(value, device=device)
-    if tensor.ndim == 0:
-        tensor = tensor.expand(batch)
-    elif tensor.ndim == 1 and tensor.shape[0] == 1 and batch != 1:
+    if tensor.ndim == 0 or (tensor.ndim == 1 and tensor.shape[0] == 1):
         tensor = tensor.expand(batch)
     if tensor.shape != (batch,):
         raise ValueError(f"{name} must be a scalar or have shape ({batch},), got {tuple(tensor.shape)}.")
@@ -78,9 +77,7 @@ class LatentDenoiser(DiffusionModelUNet):
     """
 
     def __init__(self, config: DenoiserConfig) -> None:
-        heads = tuple(
-            config.num_head_channels if c % config.num_head_channels == 0 else c for c in config.channels
-        )
+        heads = tuple(config.num_head_channels if c % config.num_head_channels == 0 else c for c in config.channels)
         super().__init__(
             spatial_dims=config.spatial_dims,
             in_channels=config.input_channels,
@@ -98,9 +95,7 @@ class LatentDenoiser(DiffusionModelUNet):
         time_embed_dim = config.channels[0] * 4
         self.position_embedding: SinusoidalPatchEmbedding | None = None
         if config.position_embedding == "sin":
-            self.position_embedding = SinusoidalPatchEmbedding(
-                config.spatial_dims, config.position_dim, time_embed_dim
-            )
+            self.position_embedding = SinusoidalPatchEmbedding(config.spatial_dims, config.position_dim, time_embed_dim)
 
     @property
     def null_label(self) -> int:
@@ -214,11 +209,15 @@ class LatentDenoiser(DiffusionModelUNet):
         return self.out(h)
 
 
-def build_denoiser(config: DenoiserConfig) -> LatentDenoiser:
-    """Build the latent denoiser described by ``config``."""
+def build_denoiser(config: DenoiserConfig, channels_last: bool = True) -> LatentDenoiser:
+    """Build the latent denoiser described by ``config`` (weights channels-last by default:
+    1.1-1.4x faster on CPU, see :func:`brainldm.nets.autoencoder.use_channels_last`)."""
     if not isinstance(config, DenoiserConfig):
         raise SettingsError(f"build_denoiser needs a DenoiserConfig, got {type(config).__name__}.")
-    return LatentDenoiser(config)
+    model = LatentDenoiser(config)
+    if channels_last:
+        use_channels_last(model, config.spatial_dims)
+    return model
 
 
 __all__ = [

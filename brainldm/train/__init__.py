@@ -38,7 +38,7 @@ _EXPORTS = {
     "export_bundle": "brainldm.train.export",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

@@ -28,7 +28,7 @@ from brainldm.errors import BrainLDMError
 from brainldm.nets.autoencoder import build_autoencoder
 from brainldm.train.config import AutoencoderStage, TrainingConfig
 from brainldm.train.data import ImagePatchSampler, TrainingData, prepare_training_data
-from brainldm.train.distributed import unwrap, wrap_ddp
+from brainldm.train.distributed import wrap_ddp
 from brainldm.train.loop import StageTrainer, _logits, apply_freeze
 from brainldm.train.state import ExponentialMovingAverage
 
@@ -65,7 +65,7 @@ class AutoencoderTrainer(StageTrainer):
     def prepare_data(self) -> None:
         if self.data_dir is None:
             raise BrainLDMError("No data folder given: the autoencoder needs training subjects.")
-        cache = self.run_dir.cache_dir if self.config.cache else None
+        cache = self.cache_folder()
         data: TrainingData = prepare_training_data(
             self.data_dir, self.config.preprocess, self.config.split, cache, self.context,
             self.config.max_subjects, should_stop=self.stop_requested,
@@ -91,7 +91,9 @@ class AutoencoderTrainer(StageTrainer):
     # ------------------------------------------------------------------ networks
     def build(self) -> None:
         s = self.settings
-        self.autoencoder = build_autoencoder(s.model).to(self.device)
+        # Contiguous (not channels-last) weights for training: oneDNN's channels-last 3D backward
+        # crashed (segmentation fault) in our tests; channels-last only pays off at inference.
+        self.autoencoder = build_autoencoder(s.model, channels_last=False).to(self.device)
         if self.init is not None and not self.resume_has_checkpoint():
             from brainldm.train.export import read_stage_weights
 

@@ -40,7 +40,13 @@ from brainldm.data.split import SplitConfig
 from brainldm.diffusion.schedule import ScheduleConfig
 from brainldm.errors import SettingsError
 from brainldm.nets.config import AutoencoderConfig, DenoiserConfig, DiscriminatorConfig
-from brainldm.train.settings import apply_overrides, deep_merge, from_dict, read_yaml, to_dict
+from brainldm.train.settings import (
+    apply_overrides,
+    deep_merge,
+    from_dict,
+    read_yaml,
+    to_dict,
+)
 
 PRESET_PACKAGE = "brainldm.presets"
 
@@ -186,7 +192,9 @@ class TrainingConfig:
     gradient scaling) and fp32 on the CPU; ``bf16`` on the CPU is allowed but off by default.
     ``num_threads`` > 0 sets torch's CPU threads. ``max_subjects`` > 0 uses only the first
     subjects (quick trials). ``cache`` keeps preprocessed subjects and latents as ``.npy``
-    files in ``<run>/cache`` (memory-mapped, so data sets larger than RAM work).
+    files (memory-mapped, so data sets larger than RAM work) in ``cache_dir``, or in
+    ``<run>/cache`` when it is empty; several runs on the same data may share one cache folder
+    (entries are keyed by the source files, the preprocessing and the first stage).
     """
 
     name: str = "custom"
@@ -197,12 +205,13 @@ class TrainingConfig:
     num_threads: int = 0
     max_subjects: int = 0
     cache: bool = True
+    cache_dir: str = ""
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     autoencoder: AutoencoderStage = field(default_factory=AutoencoderStage)
     denoiser: DenoiserStage = field(default_factory=DenoiserStage)
 
-    def validate(self) -> "TrainingConfig":
+    def validate(self) -> TrainingConfig:
         self.autoencoder.validate()
         self.denoiser.validate(self.autoencoder.model)
         if self.precision == "fp16" and not self.device.startswith("cuda") and self.device != "auto":
@@ -255,7 +264,7 @@ def _resolve_extends(data: dict[str, Any], seen: tuple[str, ...] = ()) -> dict[s
 
 
 def load_config(
-    source: "str | Path | dict[str, Any] | TrainingConfig | None" = None,
+    source: str | Path | dict[str, Any] | TrainingConfig | None = None,
     overrides: list[str] | tuple[str, ...] | None = None,
 ) -> TrainingConfig:
     """Build a validated :class:`TrainingConfig`.

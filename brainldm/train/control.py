@@ -66,7 +66,8 @@ def runner_command(
                    "-m", "brainldm.train.runner"]
     else:
         command = [python, "-m", "brainldm.train.runner"]
-    command += ["--stage", stage, "--run", str(run_dir)]
+    # "--run-dir", not "--run": torchrun's parser would take "--run" for its own "--run-path".
+    command += ["--stage", stage, "--run-dir", str(run_dir)]
     if data_dir is not None:
         command += ["--data", str(data_dir)]
     if config is not None:
@@ -124,9 +125,13 @@ def launch_background(
     with open(run.log_file, "ab") as log:
         log.write(f"\n==== {time.ctime()} launching: {' '.join(command)}\n".encode())
         log.flush()
+        detach: dict = (
+            {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS}
+            if os.name == "nt" else {"start_new_session": True}
+        )
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=process_env, cwd=str(run.path),
+            env=process_env, cwd=str(run.path), **detach,
         )
     # Record the pid at once so status/stop work before the runner has written anything.
     status = run.read_status() if resume else None
@@ -138,9 +143,27 @@ def launch_background(
     return BackgroundRun(run.path, process.pid, command, process)
 
 
+def _windows_process_alive(pid: int) -> bool:
+    import ctypes
+
+    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    handle = kernel32.OpenProcess(0x1000, False, int(pid))  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return False
+    try:
+        code = ctypes.c_ulong()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return False
+        return code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
+
+
 def _process_alive(pid: int | None) -> bool:
     if not pid:
         return False
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
+        return _windows_process_alive(int(pid))
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -205,10 +228,11 @@ def stop_run(run_dir: str | Path, wait: float = 0.0, poll: float = 0.2) -> RunSt
     if not status.alive:
         return status
     run.request_stop()
-    try:
-        os.kill(int(status.pid), signal.SIGTERM)
-    except (ProcessLookupError, PermissionError, TypeError):
-        pass
+    if os.name != "nt":  # on Windows the STOP file alone (a signal would kill the process outright)
+        try:
+            os.kill(int(status.pid), signal.SIGTERM)
+        except (ProcessLookupError, PermissionError, TypeError):
+            pass
     deadline = time.monotonic() + wait
     while wait > 0 and time.monotonic() < deadline:
         status = runs_status(run.path)

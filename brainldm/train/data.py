@@ -20,9 +20,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -441,6 +441,23 @@ class LatentPatchSampler:
         self._samplers: dict[int, object] = {}
         self._slices: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._has_tumour = [r.tumour is not None and bool(np.asarray(r.tumour).any()) for r in records]
+        if self.spatial_dims == 3:  # build every subject's sampler now; drop subjects with no usable patch
+            usable = []
+            for index in self._plain:
+                try:
+                    sampler = self._centre_sampler(index)
+                except BrainLDMError as error:
+                    log.warning("Subject %s gives no denoiser patches (%s); it is not used.",
+                                records[index].subject_id, error)
+                    continue
+                if sampler.num_healthy_centres + sampler.num_diseased_centres > 0:
+                    usable.append(index)
+                else:
+                    log.warning("Subject %s gives no denoiser patches; it is not used.", records[index].subject_id)
+            if not usable:
+                raise BrainLDMError("No subject gives denoiser training patches (brains smaller than a patch?). "
+                                    "Use a smaller denoiser.patch_size.")
+            self._plain = usable
 
     # -- per-record helpers (built lazily)
     def _slice_sets(self, index: int) -> tuple[np.ndarray, np.ndarray]:

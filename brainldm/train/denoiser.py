@@ -82,7 +82,7 @@ class FirstStageSource:
         atomic_write_bytes(path, lambda stream: torch.save(payload, stream))
 
     @classmethod
-    def read(cls, path: Path) -> "FirstStageSource":
+    def read(cls, path: Path) -> FirstStageSource:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
             return cls(AutoencoderConfig.from_dict(payload["config"]), payload["weights"],
@@ -152,10 +152,14 @@ class DenoiserTrainer(StageTrainer):
         autoencoder = build_autoencoder(source.config)
         autoencoder.load_state_dict(source.weights)
         autoencoder.eval().requires_grad_(False).to(self.device)
+        if self.device.type == "cpu":
+            from brainldm.nets.cpu_speed import use_onednn_convolutions
+
+            use_onednn_convolutions(autoencoder)  # encoding one volume at a time: avoid slow_conv3d
         self.autoencoder = autoencoder
         compression = int(autoencoder.compression)
         check_compression(self.config.preprocess, compression)
-        cache = self.run_dir.cache_dir if self.config.cache else None
+        cache = self.cache_folder()
         data = prepare_training_data(
             self.data_dir, self.config.preprocess, self.config.split, cache, self.context, self.config.max_subjects,
             should_stop=self.stop_requested,
@@ -236,7 +240,7 @@ class DenoiserTrainer(StageTrainer):
     def _init_latent_scale(self) -> float | None:
         if self.init is None or (self.resume and self.run_dir.last_checkpoint.exists()):
             return None
-        weights, info = self._read_init()
+        _, info = self._read_init()
         value = info.get("latent_scale")
         if value is None:
             return None
@@ -249,7 +253,8 @@ class DenoiserTrainer(StageTrainer):
     def build(self) -> None:
         s = self.settings
         self.schedule = NoiseSchedule.from_config(s.schedule)
-        self.denoiser = build_denoiser(s.model).to(self.device)
+        # Contiguous weights for training (see AutoencoderTrainer.build: channels-last backward crashed).
+        self.denoiser = build_denoiser(s.model, channels_last=False).to(self.device)
         if self.init is not None and not (self.resume and self.run_dir.last_checkpoint.exists()):
             weights, _ = self._read_init()
             self.load_init_weights(self.denoiser, weights, "denoiser")

@@ -15,7 +15,7 @@ save one checkpoint and exit.
 One machine, 4 GPUs::
 
     torchrun --standalone --nproc_per_node=4 -m brainldm.train.runner \\
-        --stage autoencoder --config thesis-3d --data /data/BraTS2023 --run runs/ae
+        --stage autoencoder --config thesis-3d --data /data/BraTS2023 --run-dir runs/ae
 
 or from Python / the CLI, in the background: ``launch_background(..., gpus=4)``.
 
@@ -34,7 +34,7 @@ Several nodes with SLURM (2 nodes x 4 GPUs; save as ``train.sbatch``, ``sbatch t
     srun torchrun --nnodes=$SLURM_NNODES --nproc_per_node=4 \\
         --rdzv_id=$SLURM_JOB_ID --rdzv_backend=c10d --rdzv_endpoint=$MASTER_ADDR:$MASTER_PORT \\
         -m brainldm.train.runner --stage denoiser --config thesis-3d \\
-        --data /data/BraTS2023 --run runs/ldm --autoencoder runs/ae --resume
+        --data /data/BraTS2023 --run-dir runs/ldm --autoencoder runs/ae --resume
 
 ``--resume`` makes the job restartable: resubmitting continues from
 ``<run>/checkpoints/last.pt`` at the same step (a run with no checkpoint yet starts fresh).

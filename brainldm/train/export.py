@@ -15,15 +15,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from brainldm.data.preprocess import PreprocessConfig
 from brainldm.errors import BrainLDMError, ModelBundleError
 from brainldm.nets.autoencoder import build_autoencoder
-from brainldm.nets.bundle import AUTOENCODER_FILE, BUNDLE_FILE, DENOISER_FILE, ModelBundle
+from brainldm.nets.bundle import (
+    AUTOENCODER_FILE,
+    BUNDLE_FILE,
+    DENOISER_FILE,
+    ModelBundle,
+)
 from brainldm.nets.config import AutoencoderConfig, DenoiserConfig
 from brainldm.nets.denoiser import build_denoiser
 from brainldm.train.rundir import RunDir

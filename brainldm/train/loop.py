@@ -23,9 +23,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -257,6 +258,14 @@ class StageTrainer:
         for key, value in values.items():
             self._recent.setdefault(key, []).append(float(value))
 
+    def cache_folder(self) -> Path | None:
+        """Where preprocessed subjects and latents are kept (None = in memory only)."""
+        if not self.config.cache:
+            return None
+        if self.config.cache_dir:
+            return Path(self.config.cache_dir).expanduser()
+        return self.run_dir.cache_dir
+
     def epoch(self) -> float:
         n = max(int(self.data_summary.get("n_train", 1)), 1)
         return self.step * self.settings.batch_size * self.context.world_size / n
@@ -301,8 +310,10 @@ class StageTrainer:
 
     def log_metrics(self, record: dict[str, Any]) -> None:
         if self.is_main:
-            self.run_dir.append_metrics({"stage": self.stage, "step": self.step, "epoch": round(self.epoch(), 4),
-                                     "seconds": round(self.seconds, 2), **record})
+            line = {"stage": self.stage, "step": self.step, "epoch": round(self.epoch(), 4),
+                    "seconds": round(self.seconds, 2), **record}
+            for run in (self.run_dir, *self.mirrors):
+                run.append_metrics(line)
 
     # ------------------------------------------------------------------ checkpoints
     def _gather_rng(self) -> list[dict[str, Any]]:
@@ -339,7 +350,19 @@ class StageTrainer:
         if state.get("stage") != self.stage:
             raise BrainLDMError(f"{path} is a {state.get('stage')} checkpoint, not a {self.stage} one; "
                                 "use a run folder of this stage.")
-        self.load_network_states(state["networks"])
+        saved_model = state.get("config", {}).get(self.stage, {}).get("model")
+        current_model = self.config.to_dict()[self.stage]["model"]
+        if saved_model is not None and saved_model != current_model:
+            changed = sorted(k for k in set(saved_model) | set(current_model)
+                             if saved_model.get(k) != current_model.get(k))
+            raise SettingsError(
+                f"Cannot resume {self.run_dir.path}: it was trained with other {self.stage}.model settings "
+                f"({', '.join(changed)}). Resume with the run's own configuration (no --config, or --config "
+                f"{self.run_dir.config_file}), or start a new run (use --init to start from its weights).")
+        try:
+            self.load_network_states(state["networks"])
+        except (RuntimeError, KeyError) as error:
+            raise BrainLDMError(f"The checkpoint {path} does not fit this {self.stage} ({error}).") from error
         for name, optimizer in self.optimizers.items():
             if name in state["optimizers"]:
                 optimizer.load_state_dict(state["optimizers"][name])
@@ -369,7 +392,7 @@ class StageTrainer:
             return []
         previous = []
 
-        def handler(signum, frame):  # noqa: ARG001
+        def handler(signum, frame):
             self._stop_flag = True
             log.warning("Signal %d received: stopping after this step (checkpoint first).", signum)
 
@@ -416,15 +439,14 @@ class StageTrainer:
                 log.error("Training failed:\n%s", traceback.format_exc())
             try:
                 self.write_status("failed", message)
-            except Exception:  # pragma: no cover - never hide the original error
-                pass
+            except OSError as status_error:  # pragma: no cover - never hide the original error
+                log.warning("could not write status.json: %s", status_error)
             raise
         finally:
             self._restore_signal_handlers(previous)
 
     def _start(self) -> None:
         """Run folder, seeds, data, networks, and the resume/init state."""
-        s = self.settings
         if self.is_main:
             self.run_dir.create()
             if self.run_dir.last_checkpoint.exists() and not self.resume:
@@ -444,7 +466,13 @@ class StageTrainer:
             self.load(checkpoint)
             if self.is_main:
                 self.run_dir.truncate_metrics(self.step)
+                for run in self.mirrors:
+                    run.truncate_metrics(self.step, stage=self.stage)
             log.info("Resumed %s at step %d from %s", self.stage, self.step, checkpoint)
+        elif self.is_main:  # a fresh start: forget metrics of an earlier attempt that saved no checkpoint
+            self.run_dir.truncate_metrics(0, stage=self.stage)
+            for run in self.mirrors:
+                run.truncate_metrics(0, stage=self.stage)
         if self.is_main:
             self.config.save(self.run_dir.config_file)  # the effective configuration (also after a resume)
         self.context.barrier()
@@ -455,11 +483,11 @@ class StageTrainer:
         main = self.is_main
         self.write_status("running", "training")
         progress = None
-        if main and self.show_progress:
+        if main and self.show_progress and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
             progress = tqdm(total=s.max_steps, initial=self.step, desc=self.stage, file=sys.stderr,
-                            mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+                            dynamic_ncols=True)
         reason = "finished"
         started = time.monotonic()
         seconds_at_start = self.seconds
@@ -491,6 +519,11 @@ class StageTrainer:
                     self.log_metrics({"split": "train", **means, "lr": self.learning_rate(self.step - 1),
                                       "step_seconds": float(np.mean(self._step_times[-s.log_every:]))})
                     self.write_status("running", "training")
+                    if progress is None and main:  # a log file, not a terminal: one line per log step
+                        eta = self._status.eta_seconds
+                        log.info("%s step %d/%d %s%s", self.stage, self.step, s.max_steps,
+                                 " ".join(f"{k}={v:.4g}" for k, v in means.items() if k in ("loss", "l1", "mse")),
+                                 f" eta {eta / 60:.1f} min" if eta is not None else "")
                     self._recent = {}
                 if self.step % s.val_every == 0 or self.step == s.max_steps:
                     self._validate_and_track()
@@ -507,9 +540,10 @@ class StageTrainer:
                 progress.close()
         if reason != "stopped" and self.step > 0 and self._last_val_step != self.step:
             self._validate_and_track()  # the end state is always validated (best.pt is then up to date)
-        self.save(self.run_dir.last_checkpoint)
+        rng = self._gather_rng()  # collective: every rank, once
+        self.save(self.run_dir.last_checkpoint, rng)
         if main and not self.run_dir.best_checkpoint.exists():
-            self.save(self.run_dir.best_checkpoint)
+            self.save(self.run_dir.best_checkpoint, rng)
         state = "stopped" if reason == "stopped" else "finished"
         if main:
             for run in (self.run_dir, *self.mirrors):

@@ -25,9 +25,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 #: States a run can be in (``status.json``'s ``state``).
 RUN_STATES = ("starting", "running", "finished", "failed", "stopped")
@@ -97,7 +98,7 @@ class RunStatus:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunStatus":
+    def from_dict(cls, data: dict[str, Any]) -> RunStatus:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -151,7 +152,7 @@ class RunDir:
     def cache_dir(self) -> Path:
         return self.path / "cache"
 
-    def create(self) -> "RunDir":
+    def create(self) -> RunDir:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -197,9 +198,11 @@ class RunDir:
                 continue
         return records
 
-    def truncate_metrics(self, after_step: int) -> None:
-        """Drop records past ``after_step`` (used on resume: steps after the checkpoint are redone)."""
-        records = [r for r in self.read_metrics() if int(r.get("step", 0)) <= after_step]
+    def truncate_metrics(self, after_step: int, stage: str | None = None) -> None:
+        """Drop records past ``after_step`` (of ``stage`` only, when given): on resume the steps
+        after the checkpoint are done again."""
+        records = [r for r in self.read_metrics()
+                   if int(r.get("step", 0)) <= after_step or (stage is not None and r.get("stage") != stage)]
         atomic_write_text(
             self.metrics_file, "".join(json.dumps(r, default=_json_default) + "\n" for r in records)
         )

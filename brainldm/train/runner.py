@@ -4,10 +4,10 @@ This is what :func:`brainldm.train.control.launch_background` starts (detached),
 ``torchrun`` starts once per GPU (see :mod:`brainldm.train.distributed` for torchrun and
 SLURM examples), and what can be run by hand::
 
-    python -m brainldm.train.runner --stage all --config cpu-small --data phantoms/ --run runs/small
-    python -m brainldm.train.runner --stage autoencoder --config thesis-3d --data BraTS2023/ --run runs/ae \\
+    python -m brainldm.train.runner --stage all --config cpu-small --data phantoms/ --run-dir runs/small
+    python -m brainldm.train.runner --stage autoencoder --config thesis-3d --data BraTS2023/ --run-dir runs/ae \\
         --set autoencoder.batch_size=4 --resume
-    python -m brainldm.train.runner --stage denoiser --data BraTS2023/ --run runs/ldm --autoencoder runs/ae
+    python -m brainldm.train.runner --stage denoiser --data BraTS2023/ --run-dir runs/ldm --autoencoder runs/ae
 
 Stages: ``autoencoder``, ``denoiser`` (needs ``--autoencoder`` or ``--init BUNDLE``) and
 ``all`` (first stage in ``<run>/autoencoder``, denoiser in ``<run>/denoiser``, then a model
@@ -22,7 +22,7 @@ import signal
 from brainldm.train.rundir import EARLY_STOP_SIGNAL
 
 
-def _early_stop_handler(signum, frame):  # noqa: ARG001
+def _early_stop_handler(signum, frame):
     EARLY_STOP_SIGNAL["received"] = True
 
 
@@ -34,8 +34,8 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from brainldm.errors import BrainLDMError
 from brainldm.train.config import TrainingConfig, load_config
@@ -58,8 +58,8 @@ def resolve_run_config(config, run_dir, resume: bool, overrides=()) -> TrainingC
 @contextlib.contextmanager
 def log_to_run(run_dir: str | Path) -> Iterator[None]:
     """Also write the ``brainldm`` log to ``<run>/train.log`` (foreground runs)."""
-    if os.environ.get(BACKGROUND_ENV):
-        yield
+    if os.environ.get(BACKGROUND_ENV) or int(os.environ.get("RANK", "0")) != 0:
+        yield  # background: stdout/stderr already go to train.log; other ranks: rank 0 writes the log
         return
     run = RunDir(run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
@@ -102,6 +102,8 @@ def train_all(
 
     run = RunDir(run_dir)
     cfg = resolve_run_config(config, run.path, resume, overrides)
+    if cfg.cache and not cfg.cache_dir:
+        cfg.cache_dir = str(run.cache_dir)  # one cache for both stages
     context = setup_distributed(cfg.device)
     try:
         if context.is_main:
@@ -143,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m brainldm.train.runner",
                                      description="Run one BrainLDM training stage (foreground).")
     parser.add_argument("--stage", choices=["autoencoder", "denoiser", "all"], required=True)
-    parser.add_argument("--run", type=Path, required=True, help="run folder (created if needed)")
+    parser.add_argument("--run-dir", "--run", dest="run", type=Path, required=True,
+                        help="run folder (created if needed); spell it --run-dir under torchrun")
     parser.add_argument("--data", type=Path, help="folder with the training subjects")
     parser.add_argument("--config", help="preset name (cpu-small, thesis-3d, thesis-2d, default) or YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -124,7 +124,7 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
     data = dict(data or {})
     try:
         hints = typing.get_type_hints(cls)
-    except Exception:  # unresolvable annotations: fall back to the raw ones
+    except (NameError, TypeError):  # unresolvable annotations: fall back to the raw ones
         hints = {f.name: f.type for f in dataclasses.fields(cls)}
     field_names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - field_names)

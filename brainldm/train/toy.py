@@ -9,8 +9,8 @@ BraTS 2023 layout (``<folder>/<id>/<id>-t1n.nii.gz`` ... ``-seg.nii.gz``). Small
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -93,6 +93,7 @@ def tiny_overrides(max_steps: int = 10, every: int = 5) -> list[str]:
         "precision=fp32",
         "device=cpu",
         "autoencoder.model.channels=[8,8]",
+        "autoencoder.model.full_resolution_level=true",
         "autoencoder.model.norm_num_groups=8",
         "autoencoder.patch_size=[16,16,16]",
         "autoencoder.batch_size=2",
