@@ -152,7 +152,14 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
         print(f"no input given: benchmarking on phantom seed {args.seed_phantom} (240x240x155, 20 mm tumour)")
         subject = make_phantom(PhantomSpec(seed=args.seed_phantom, subject_id=f"Bench-{args.seed_phantom}"))
-    bundle = load_model(args.model, device=settings.device)
+    if args.untrained_preset:
+        from brainldm.evaluate.benchmark import untrained_bundle
+
+        bundle = untrained_bundle(args.untrained_preset)
+        print(f"timing the architecture of preset {args.untrained_preset!r} with random weights "
+              "(speed only: its segmentation is meaningless)")
+    else:
+        bundle = load_model(args.model, device=settings.device)
     results = run_benchmark(subject, bundle, settings)
     fast, ref = results["fast"], results["reference"]
     print(f"subject {results['subject']} {results['shape']}, {settings.encoder.upper()} N={settings.steps} "
@@ -282,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_detection_options(p)
     p.add_argument("--seed-phantom", type=int, default=20261125, help="phantom used when no input is given")
     p.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    p.add_argument("--untrained-preset", metavar="PRESET",
+                   help="time a training preset's architecture with random weights instead of a trained model")
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("train", help="train the first stage, the latent denoiser, or both")

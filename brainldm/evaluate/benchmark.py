@@ -112,6 +112,28 @@ def reference_time(subject: Subject, settings: DetectionSettings, config: Refere
     }
 
 
+def untrained_bundle(preset: str):
+    """A model bundle with the networks of a training preset and random weights - for timing only.
+
+    The time of a forward pass does not depend on the weights, so the speed of an architecture
+    can be measured before (or without) training it. Its detections are meaningless.
+    """
+    from brainldm.nets.autoencoder import build_autoencoder
+    from brainldm.nets.bundle import ModelBundle
+    from brainldm.nets.denoiser import build_denoiser
+    from brainldm.train.config import load_config
+
+    config = load_config(preset)
+    autoencoder = build_autoencoder(config.autoencoder.model).eval()
+    denoiser = build_denoiser(config.denoiser.model).eval()
+    return ModelBundle(
+        autoencoder=autoencoder, denoiser=denoiser, autoencoder_config=config.autoencoder.model,
+        denoiser_config=config.denoiser.model, preprocess_config=config.preprocess, latent_scale=1.0,
+        schedule_config=config.denoiser.schedule.to_dict(), model_id=f"untrained-{preset} (timing only)",
+        patch_size=tuple(config.denoiser.patch_size),
+    )
+
+
 def run_benchmark(subject: Subject, bundle, settings: DetectionSettings,
                   reference: ReferenceConfig = ReferenceConfig(), progress=None) -> dict:
     """Time the fast path for real, then the reference by extrapolation; return both and the ratio."""

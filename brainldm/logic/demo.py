@@ -81,11 +81,19 @@ def run_demo(request: DemoRequest) -> dict:
 
         out.mkdir(parents=True, exist_ok=True)
         save_like(baseline.mask.astype(np.uint8), subject, out / "segmentation.nii.gz", overwrite=True)
+        from brainldm.logic.overview import detection_overview_png
+
+        detection_overview_png(
+            out / "overview.png", subject.images, None, None, baseline.mask, mask, reference=reference,
+            title=f"{subject.subject_id} - FLAIR baseline (no diffusion model installed)",
+            metrics_text=f"FLAIR percentile baseline: Dice {metrics['dice']:.3f}, "
+                         f"specificity {metrics['specificity']:.4f}",
+        )
         report = {"subject": subject.subject_id, "method": "FLAIR percentile baseline", "metrics": metrics,
                   "total_seconds": round(time.perf_counter() - start, 2)}
         (out / "report.json").write_text(json.dumps(report, indent=2))
         print(f"FLAIR baseline Dice {metrics['dice']:.3f} (specificity {metrics['specificity']:.4f}); "
-              f"{report['total_seconds']:.1f} s in all. Outputs in {out}", flush=True)
+              f"{report['total_seconds']:.1f} s in all. Outputs in {out} (overview.png)", flush=True)
         return report
 
     from brainldm.detect.pipeline import detect

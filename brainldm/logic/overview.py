@@ -26,8 +26,8 @@ def _pick_slice(reference: np.ndarray | None, segmentation: np.ndarray, brain: n
 def detection_overview_png(
     path: str | Path,
     images: np.ndarray,
-    counterfactual: np.ndarray,
-    anomaly_map: np.ndarray,
+    counterfactual: np.ndarray | None,
+    anomaly_map: np.ndarray | None,
     segmentation: np.ndarray,
     brain_mask: np.ndarray,
     reference: np.ndarray | None = None,
@@ -36,7 +36,10 @@ def detection_overview_png(
     title: str = "",
     metrics_text: str = "",
 ) -> Path:
-    """Write the overview PNG (see the module docstring) and return its path."""
+    """Write the overview PNG (see the module docstring) and return its path.
+
+    Without a ``counterfactual`` (the FLAIR baseline alone) the counterfactual row is left out.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -56,12 +59,14 @@ def detection_overview_png(
         return np.asarray(a)[x0:x1, y0:y1].T[::-1, ::-1]
 
     n_cols = len(SEQUENCES)
-    fig = Figure(figsize=(3.2 * n_cols, 10.2), facecolor="black")
-    axes = fig.subplots(3, n_cols)
+    rows = [(images, "input")] + ([(counterfactual, "healthy counterfactual")] if counterfactual is not None else [])
+    fig = Figure(figsize=(3.2 * n_cols, 3.4 * (len(rows) + 1)), facecolor="black")
+    axes = fig.subplots(len(rows) + 1, n_cols)
+    last = len(rows)
     for i, seq in enumerate(SEQUENCES):
         inside = images[i][brain_mask]
         vmax = float(np.percentile(inside, 99.5)) if inside.size else 1.0
-        for row, (volume, label) in enumerate(((images, "input"), (counterfactual, "healthy counterfactual"))):
+        for row, (volume, label) in enumerate(rows):
             ax = axes[row, i]
             ax.imshow(view(volume[i][:, :, z]), cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
             ax.set_title(f"{SEQUENCE_TITLES[seq]} {label}", color="white", fontsize=9)
@@ -69,16 +74,16 @@ def detection_overview_png(
 
     flair = images[FLAIR_INDEX][:, :, z]
     flair_max = float(np.percentile(images[FLAIR_INDEX][brain_mask], 99.5)) if brain_mask.any() else 1.0
-    panels = [("anomaly map", anomaly_map, "inferno")]
+    panels = [("anomaly map", anomaly_map, "inferno")] if anomaly_map is not None else []
     if graddiff_map is not None:
         panels.append(("GradDiff map", graddiff_map, "viridis"))
     panels.append(("segmentation (red) vs reference (green)", None, None))
     if baseline is not None:
         panels.append(("FLAIR baseline (orange) vs reference", "baseline", None))
     for col in range(n_cols):
-        axes[2, col].set_axis_off()
+        axes[last, col].set_axis_off()
     for col, (label, data, cmap) in enumerate(panels[:n_cols]):
-        ax = axes[2, col]
+        ax = axes[last, col]
         if isinstance(data, np.ndarray):
             slice_ = data[:, :, z]
             vmax = float(np.percentile(data[brain_mask], 99.9)) if brain_mask.any() else 1.0
@@ -98,7 +103,7 @@ def detection_overview_png(
                     ax.contour(r, [0.5], colors=["#30ff60"], linewidths=1.0)
         ax.set_title(label, color="white", fontsize=9)
     fig.suptitle(f"{title}   axial slice {z}\n{metrics_text}".strip(), color="white", fontsize=11)
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.91, bottom=0.01, wspace=0.03, hspace=0.12)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.86 if metrics_text else 0.91, bottom=0.01, wspace=0.03, hspace=0.14)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(str(path), dpi=80, facecolor="black")
