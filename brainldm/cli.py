@@ -121,7 +121,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from brainldm.logic.detection import load_model
 
     settings = _detection_settings(args)
-    bundle = load_model(args.model, device=settings.device)
+    bundle = None if args.baselines_only else load_model(args.model, device=settings.device)
     ablation = load_model(args.ablation_model, device=settings.device) if args.ablation_model else None
     request = EvaluationRequest(data_dir=args.data, out_dir=args.out, split=args.split, settings=settings,
                                 limit=args.limit)
@@ -281,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["all", "train", "val", "test"], default="all")
     p.add_argument("--ablation-model", type=Path, help="second model to compare (e.g. uniform-sampler ablation)")
     p.add_argument("--limit", type=int, help="evaluate at most this many subjects")
+    p.add_argument("--baselines-only", action="store_true", help="only the FLAIR baselines (no model needed)")
     _add_detection_options(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -57,3 +57,18 @@ def test_bad_settings_are_rejected(capsys):
     code = main(["segment", "--subject", ".", "--out", "x", "--mix", "0.2"])
     assert code == 2
     assert "omega" in capsys.readouterr().err
+
+
+def test_evaluate_baselines_only_writes_results(tmp_path, capsys):
+    import json
+
+    from brainldm.train.toy import write_toy_dataset
+
+    write_toy_dataset(tmp_path / "data", count=3, shape=(40, 40, 40), seed=2)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--baselines-only", "--data", str(tmp_path / "data"), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["subjects"]) == 3
+    assert set(results["summary"]["all"]) == {"flair-otsu", "flair-percentile"}
+    assert (out / "results.csv").is_file() and (out / "results.png").stat().st_size > 5_000
+    assert "flair-percentile" in capsys.readouterr().out

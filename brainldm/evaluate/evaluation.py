@@ -94,13 +94,14 @@ def summarise(rows: list[dict], methods: list[str], n_bootstrap: int = 1000) -> 
     return summary
 
 
-def evaluate(request: EvaluationRequest, bundle, ablation=None) -> dict:
+def evaluate(request: EvaluationRequest, bundle=None, ablation=None) -> dict:
     """Run detection with ``bundle`` (and the ``ablation`` bundle) and the baselines on every
-    selected subject; write and return the results."""
+    selected subject; write and return the results. Without a bundle only the FLAIR baselines run."""
     from tqdm.auto import tqdm
 
     from brainldm.data.io import load_subject
     from brainldm.data.phantom import lesion_diameters_mm
+    from brainldm.data.preprocess import brain_mask
     from brainldm.detect.maps import segment_from_map
     from brainldm.detect.pipeline import detect
     from brainldm.evaluate.baselines import flair_otsu, flair_percentile
@@ -110,7 +111,10 @@ def evaluate(request: EvaluationRequest, bundle, ablation=None) -> dict:
     subjects = select_subjects(Path(request.data_dir), request.split)
     if request.limit:
         subjects = subjects[: request.limit]
-    methods = ["model", "flair-otsu", "flair-percentile", "autoencoder"] + (["ablation"] if ablation else [])
+    if bundle is None and ablation is not None:
+        raise BrainLDMError("an ablation model needs a main model to compare with")
+    methods = (["model"] if bundle else []) + ["flair-otsu", "flair-percentile"] + (
+        ["autoencoder"] if bundle else []) + (["ablation"] if ablation else [])
     rows: list[dict] = []
     out_dir = Path(request.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -122,27 +126,30 @@ def evaluate(request: EvaluationRequest, bundle, ablation=None) -> dict:
         reference = subject.seg > 0
         diameters = lesion_diameters_mm(subject.seg, subject.spacing)
         start = time.perf_counter()
-        result = detect(subject, bundle, settings)
+        result = detect(subject, bundle, settings) if bundle is not None else None
+        brain = result.brain_mask if result is not None else brain_mask(subject.images)
         row = {"subject": subject.subject_id, "diameter_mm": round(diameters[0], 1) if diameters else 0.0,
                "size_group": size_group(diameters[0]) if diameters else "healthy",
                "seconds": round(time.perf_counter() - start, 2)}
         predictions = {
-            "model": result.segmentation > 0,
-            "flair-otsu": flair_otsu(subject.images, result.brain_mask).mask,
-            "flair-percentile": flair_percentile(subject.images, result.brain_mask).mask,
-            "autoencoder": segment_from_map(result.reconstruction_error, result.brain_mask).mask,
+            "flair-otsu": flair_otsu(subject.images, brain).mask,
+            "flair-percentile": flair_percentile(subject.images, brain).mask,
         }
+        if result is not None:
+            predictions["model"] = result.segmentation > 0
+            predictions["autoencoder"] = segment_from_map(result.reconstruction_error, brain).mask
         if ablation is not None:
             predictions["ablation"] = detect(subject, ablation, settings).segmentation > 0
         for method, prediction in predictions.items():
             for metric, value in segmentation_metrics(prediction, reference).items():
                 row[f"{method}_{metric}"] = float(value)
         rows.append(row)
-        log.info("%s: Dice %.3f (FLAIR %.3f)", subject.subject_id, row["model_dice"], row["flair-percentile_dice"])
+        log.info("%s: Dice %.3f (FLAIR %.3f)", subject.subject_id, row.get("model_dice", float("nan")),
+                 row["flair-percentile_dice"])
     if not rows:
         raise BrainLDMError("no subject with a reference segmentation was evaluated")
     results = {
-        "data_dir": str(request.data_dir), "split": request.split, "model": bundle.model_id,
+        "data_dir": str(request.data_dir), "split": request.split, "model": bundle.model_id if bundle else None,
         "ablation_model": ablation.model_id if ablation else None, "settings": settings.to_dict(),
         "subjects": rows, "summary": summarise(rows, methods, request.bootstrap),
     }
@@ -151,7 +158,8 @@ def evaluate(request: EvaluationRequest, bundle, ablation=None) -> dict:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    results_figure(rows, methods, out_dir / "results.png", title=f"{bundle.model_id} on {Path(request.data_dir).name}")
+    name = bundle.model_id if bundle else "FLAIR baselines"
+    results_figure(rows, methods, out_dir / "results.png", title=f"{name} on {Path(request.data_dir).name}")
     return results
 
 
