@@ -233,6 +233,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconstruction(args: argparse.Namespace) -> int:
+    import json
+
+    from tqdm.auto import tqdm
+
+    from brainldm.data.io import find_subjects, load_subject
+    from brainldm.evaluate.reconstruction import reconstruction_report
+    from brainldm.logic.detection import load_model
+
+    bundle = load_model(args.model)
+    subjects = find_subjects(args.data)
+    if not subjects:
+        raise BrainLDMError(f"no complete subject in {args.data}")
+    reports = [reconstruction_report(load_subject(files), bundle)
+               for files in tqdm(subjects[: args.limit or None], desc="reconstruct", unit="subject")]
+    print(f"{'subject':<28} {'sequence':<6} {'L1 mean':>8} {'L1 p95':>8} {'L1 p99':>8} {'L1 max':>8}")
+    for report in reports:
+        for seq, errors in report["errors"].items():
+            l1 = errors["l1"]
+            print(f"{report['subject']:<28} {seq:<6} {l1['mean']:8.4f} {l1['p95']:8.4f} {l1['p99']:8.4f} {l1['max']:8.4f}")
+    if args.json:
+        args.json.write_text(json.dumps(reports, indent=2))
+        print(f"written {args.json}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -320,6 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-id")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("reconstruction", help="first-stage reconstruction errors per sequence (thesis Tables A.1/A.2)")
+    p.add_argument("--data", type=Path, required=True, help="folder of subjects")
+    p.add_argument("--model", type=Path, help="model bundle (default: the shipped default model)")
+    p.add_argument("--limit", type=int, help="at most this many subjects")
+    p.add_argument("--json", type=Path, help="also write the report to this JSON file")
+    p.set_defaults(func=cmd_reconstruction)
 
     return parser
 

@@ -188,3 +188,13 @@ def test_segment_outputs_on_disk(tmp_path, toy_subject):
     # never overwrite without being asked
     with pytest.raises(Exception, match="already holds outputs"):
         write_detection_outputs(toy_subject, result, tmp_path, settings, model_description(bundle))
+
+
+def test_reconstruction_report_per_sequence(toy_subject):
+    from brainldm.evaluate.reconstruction import reconstruction_report
+
+    report = reconstruction_report(toy_subject, tiny_bundle())
+    for seq in ("t1n", "t1c", "t2w", "t2f", "all"):
+        l1 = report["errors"][seq]["l1"]
+        assert 0 <= l1["mean"] <= l1["p95"] <= l1["p99"] <= l1["max"]
+    assert report["errors"]["all"]["l2"]["max"] == pytest.approx(report["errors"]["all"]["l1"]["max"] ** 2, rel=1e-5)
