@@ -322,8 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the first stage, the latent denoiser, or both")
     p.add_argument("stage", choices=["autoencoder", "denoiser", "all"])
-    p.add_argument("--config", default="cpu-small",
-                   help="preset (cpu-small, default, thesis-3d, thesis-2d) or a YAML file (default %(default)s)")
+    p.add_argument("--config", default=None,
+                   help="preset (cpu-small, default, thesis-3d, thesis-2d) or a YAML file; without it a new run "
+                        "uses the 'default' preset and --resume uses the run's own config.yaml")
     p.add_argument("--data", type=Path, help="folder of training subjects (BraTS naming)")
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics.jsonl, status.json)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
