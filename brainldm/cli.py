@@ -95,12 +95,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from brainldm.logic.demo import _progress_bar
+    from brainldm.logic.progress import progress_bar
     from brainldm.logic.detection import SubjectInputs, run_segmentation
 
     files = {seq: getattr(args, seq) for seq in ("t1n", "t1c", "t2w", "t2f") if getattr(args, seq) is not None}
     inputs = SubjectInputs(subject_dir=args.subject, files=files, reference=args.reference)
-    bar, update = _progress_bar()
+    bar, update = progress_bar()
     try:
         report = run_segmentation(inputs, args.out, _detection_settings(args), model=args.model,
                                   overwrite=args.overwrite, progress=update)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from brainldm.errors import ModelBundleError
+from brainldm.logic.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +31,6 @@ class DemoRequest:
     baseline_only: bool = False
     model: Path | None = None
     steps: int | None = None
-
-
-def _progress_bar():
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=100, desc="detect", unit="%", bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]")
-
-    def update(stage: str, fraction: float) -> None:
-        bar.set_description(stage)
-        bar.n = round(100 * fraction, 1)
-        bar.refresh()
-
-    return bar, update
 
 
 def run_demo(request: DemoRequest) -> dict:
@@ -106,7 +94,7 @@ def run_demo(request: DemoRequest) -> dict:
     settings.validate()
     print(f"  model {bundle.model_id}: {settings.encoder.upper()}, N = {settings.steps}, C = {settings.guidance:g}, "
           f"omega = {settings.mix:g}", flush=True)
-    bar, update = _progress_bar()
+    bar, update = progress_bar()
     try:
         result = detect(subject, bundle, settings, progress=update)
     finally:
