@@ -259,6 +259,39 @@ def cmd_reconstruction(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lesion_resize(args: argparse.Namespace) -> int:
+    from brainldm.synth.lesions import resize_lesion_file
+
+    r = resize_lesion_file(args.mask, args.diameter, args.out, overwrite=args.overwrite, largest_only=args.largest)
+    print(f"{r.source}: in-plane diameter {r.original_diameter_mm:g} -> {r.diameter_mm:g} mm "
+          f"(target {r.target_mm:g}), {r.original_voxels} -> {r.voxels} voxels, centre {r.centre}, "
+          f"{len(r.steps)} steps{', cropped' if r.cropped else ''}")
+    print(f"written {r.out}")
+    return 0
+
+
+def cmd_degrade(args: argparse.Namespace) -> int:
+    from brainldm.sr.degrade_files import DegradeRequest, degrade_files
+
+    request = DegradeRequest(source=args.input, out_dir=args.out, pipeline=args.pipeline, seed=args.seed,
+                             scale=args.scale, volume=args.volume, png=args.png, overwrite=args.overwrite)
+    for path in degrade_files(request):
+        print(path)
+    return 0
+
+
+def cmd_studio(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("trame_slicer") is None:
+        raise BrainLDMError("BrainLDM Studio needs trame-slicer: pip install 'brainldm[studio]'")
+    from brainldm.studio.app import serve
+
+    serve(port=args.port, host=args.host, model=str(args.model) if args.model else None,
+          open_browser=args.open_browser)
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -354,6 +387,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="at most this many subjects")
     p.add_argument("--json", type=Path, help="also write the report to this JSON file")
     p.set_defaults(func=cmd_reconstruction)
+
+    p = sub.add_parser("studio", help="BrainLDM Studio: detect, synthesise and train in the web browser")
+    p.add_argument("--port", type=int, default=8080, help="port to serve on (default %(default)s; 0 = any free port)")
+    p.add_argument("--host", default="localhost",
+                   help="interface to listen on (default %(default)s; 0.0.0.0 to serve other machines)")
+    p.add_argument("--model", type=Path, help="model bundle to preselect (default: the catalogue's default model)")
+    p.add_argument("--open-browser", action="store_true", help="open the page in this machine's web browser")
+    p.set_defaults(func=cmd_studio)
+
+    p = sub.add_parser("lesion-resize", help="resize a lesion mask to an exact in-plane diameter (thesis 4.3.5)")
+    p.add_argument("mask", type=Path, help="NIfTI lesion mask or label map (labels > 0 = lesion)")
+    p.add_argument("--diameter", type=float, required=True, help="target in-plane diameter in mm")
+    p.add_argument("--out", type=Path, required=True, help="output NIfTI file (same grid as MASK)")
+    p.add_argument("--largest", action="store_true", help="keep only the largest connected lesion")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=cmd_lesion_resize)
+
+    p = sub.add_parser("degrade", help="simulate low-resolution MRI (thesis Algorithms 1-2) for super-resolution data")
+    p.add_argument("input", type=Path, metavar="IN", help="a NIfTI file or a folder of subjects (BraTS naming)")
+    p.add_argument("--pipeline", choices=["mri", "esrgan"], default="mri",
+                   help="mri: Algorithm 2 (default); esrgan: Algorithm 1; parameters of Table B.5")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--scale", type=float, default=2.0, help="downscale factor of the written grid (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (subjects of a folder: seed, seed+1, ...)")
+    p.add_argument("--volume", action="store_true", help="degrade along all three axes (default: axial slices in-plane)")
+    p.add_argument("--png", action="store_true", help="also write a picture of every step on one axial slice")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(func=cmd_degrade)
 
     return parser
 

@@ -471,23 +471,34 @@ def save_like(
     replaced with ``overwrite=True``; the file is written to a temporary name first so a
     failed write never leaves a half-written output.
     """
+    array = np.asarray(array)
+    if array.shape != subject.shape:
+        raise ValueError(f"array shape {array.shape} does not match subject {subject.subject_id} grid {subject.shape}")
+    return _save_in_grid(array, subject.affine, subject.source, path, dtype, overwrite)
+
+
+def _save_in_grid(
+    array: np.ndarray,
+    affine: np.ndarray,
+    source: SourceGeometry | None,
+    path: str | Path,
+    dtype: np.dtype | type | str | None,
+    overwrite: bool,
+) -> Path:
+    """Write a canonical-grid ``array`` into the grid of ``source`` (see :func:`save_like`)."""
     path = Path(path).expanduser()
     if split_nifti_name(path.name) is None:
         raise SettingsError(f"Output file {path} must end with .nii.gz or .nii.")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"Output file {path} already exists; choose another name or allow overwriting.")
-    array = np.asarray(array)
-    if array.shape != subject.shape:
-        raise ValueError(f"array shape {array.shape} does not match subject {subject.subject_id} grid {subject.shape}")
     out_dtype = _output_dtype(array, dtype)
 
-    source = subject.source
     header_ok = source is not None and isinstance(source.header, (nib.Nifti1Header, nib.Nifti2Header))
     if source is None:
         data = array
-        image = nib.Nifti1Image(_cast(data, out_dtype), np.asarray(subject.affine, dtype=np.float64))
-        image.header.set_qform(subject.affine, code=1)
-        image.header.set_sform(subject.affine, code=1)
+        image = nib.Nifti1Image(_cast(data, out_dtype), np.asarray(affine, dtype=np.float64))
+        image.header.set_qform(affine, code=1)
+        image.header.set_sform(affine, code=1)
     else:
         data = np.ascontiguousarray(apply_orientation(array, invert_ornt(source.to_canonical)))
         if data.shape != tuple(source.shape):
@@ -525,3 +536,49 @@ def save_like(
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# single label maps (lesion masks)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelVolume:
+    """One label map (e.g. a lesion mask) read into canonical RAS+ voxel order.
+
+    ``data`` is ``(X, Y, Z)`` int16 (0 = background); ``source`` remembers the file's grid so
+    :func:`save_label_like` writes results back onto exactly that grid and orientation.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    source: SourceGeometry
+    path: Path
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))  # type: ignore[return-value]
+
+
+def load_label_volume(path: str | Path) -> LabelVolume:
+    """Read one NIfTI label map (values rounded to integers), reoriented to canonical RAS+."""
+    volume = _read_volume("label map", path, is_label=True)
+    source = SourceGeometry(affine=np.asarray(volume.image.affine, dtype=np.float64), shape=volume.source_shape,
+                            to_canonical=volume.to_canonical, header=volume.image.header.copy())
+    return LabelVolume(data=volume.data, affine=volume.affine, source=source, path=volume.path)
+
+
+def save_label_like(
+    array: np.ndarray,
+    like: LabelVolume,
+    path: str | Path,
+    dtype: np.dtype | type | str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``array`` (canonical grid of ``like``) in the grid, orientation and header geometry of
+    the file ``like`` was read from; same rules as :func:`save_like`."""
+    array = np.asarray(array)
+    if array.shape != like.data.shape:
+        raise ValueError(f"array shape {array.shape} does not match the label map grid {like.data.shape}")
+    return _save_in_grid(array, like.affine, like.source, path, dtype, overwrite)

@@ -43,6 +43,11 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from brainldm.data.anatomy import ANATOMIES, AnatomyMaps, load_anatomy
+from brainldm.data.lesion_geometry import (
+    inplane_diameter_mm,
+    lesion_diameters_mm,
+    trim_to_diameter,
+)
 from brainldm.data.sequences import SEQUENCE_TITLES, SEQUENCES
 from brainldm.data.subject import Subject
 from brainldm.errors import InputDataError, SettingsError
@@ -254,58 +259,8 @@ class PhantomResult:
 
 
 # --------------------------------------------------------------------------------------
-# geometry helpers
+# geometry helpers (lesion size: brainldm.data.lesion_geometry)
 # --------------------------------------------------------------------------------------
-
-
-def inplane_diameter_mm(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
-    """In-plane diameter of a lesion mask, thesis §4.3.5: the maximum extent along the two
-    in-plane axes within an axial slice.
-
-    For every axial slice (last axis of a RAS array) the lesion's extent along axis 0 and
-    axis 1 is measured as ``(last - first + 1) * spacing`` (voxels counted inclusively);
-    the diameter is the largest of these over both axes and all slices. 0 for an empty mask.
-    """
-    mask = np.asarray(mask, dtype=bool)
-    if mask.ndim != 3:
-        raise SettingsError(f"inplane_diameter_mm needs a 3-D mask; got shape {mask.shape}.")
-    best = 0.0
-    for axis, other in ((0, 1), (1, 0)):
-        present = mask.any(axis=other)  # (axis-length, Z) after dropping the other in-plane axis
-        if not present.any():
-            return 0.0
-        n = present.shape[0]
-        idx = np.arange(n)[:, None]
-        first = np.where(present, idx, n).min(axis=0)
-        last = np.where(present, idx, -1).max(axis=0)
-        extent = np.where(last >= first, last - first + 1, 0).max()
-        best = max(best, float(extent) * float(spacing[axis]))
-    return best
-
-
-def _trim_to_diameter(mask: np.ndarray, target_vox: int, centre: Sequence[float]) -> np.ndarray:
-    """Crop a lesion so no axial slice extends more than ``target_vox`` voxels along x or y.
-
-    Removes the outermost rows/columns on the side farther from ``centre`` (thesis §4.3.5:
-    "the lesion mask is cropped appropriately").
-    """
-    mask = mask.copy()
-    for z in range(mask.shape[2]):
-        plane = mask[:, :, z]
-        if not plane.any():
-            continue
-        for axis in (0, 1):
-            while True:
-                present = np.flatnonzero(plane.any(axis=1 - axis))
-                if present.size == 0 or present[-1] - present[0] + 1 <= target_vox:
-                    break
-                lo, hi = present[0], present[-1]
-                cut = lo if (centre[axis] - lo) > (hi - centre[axis]) else hi
-                if axis == 0:
-                    plane[cut, :] = False
-                else:
-                    plane[:, cut] = False
-    return mask
 
 
 def _rbf_matrix(n_out: int, n_ctrl: int) -> np.ndarray:
@@ -556,7 +511,7 @@ def _size_lesion(
     """Find the level ``s`` whose lesion reaches the target in-plane diameter, then crop exactly.
 
     The lesion grows monotonically with ``s``; bisection finds the smallest ``s`` with a
-    diameter of at least the target (1 mm grid), and :func:`_trim_to_diameter` crops any
+    diameter of at least the target (1 mm grid), and :func:`trim_to_diameter` crops any
     overshoot, so the result measures the target rounded to whole voxels (within 1 mm in the
     rare case where cropping removes a detached lobe).
     """
@@ -586,7 +541,7 @@ def _size_lesion(
         # Overshoot (a level added voxels on both sides, or a lobe): crop; should cropping
         # shrink the lesion further (a detached lobe removed), keep the closest of the
         # cropped lesion and the two lesions around the target.
-        candidates = [_trim_to_diameter(mask, target_vox, local_c), mask, _lesion_mask(levels, lo, cf, allowed)]
+        candidates = [trim_to_diameter(mask, target_vox, local_c), mask, _lesion_mask(levels, lo, cf, allowed)]
         mask = min(candidates, key=lambda m: abs(inplane_diameter_mm(m) - target_mm))
     return hi, mask
 
@@ -889,20 +844,6 @@ def make_phantom(spec: PhantomSpec | None = None) -> Subject:
 # --------------------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------------------
-
-
-def lesion_diameters_mm(seg: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> list[float]:
-    """In-plane diameter of each connected lesion (labels > 0) of a label map, largest first."""
-    lesion = np.asarray(seg) > 0
-    if not lesion.any():
-        return []
-    crop = ndi.find_objects(lesion.astype(np.uint8))[0]
-    components, _ = ndi.label(lesion[crop], structure=np.ones((3, 3, 3)))
-    out = []
-    for i, sl in enumerate(ndi.find_objects(components), start=1):
-        if sl is not None:
-            out.append(inplane_diameter_mm(components[sl] == i, spacing))
-    return sorted(out, reverse=True)
 
 
 def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
