@@ -46,11 +46,17 @@ def _add_detection_options(parser: argparse.ArgumentParser) -> None:
     d = DetectionSettings()
     group = parser.add_argument_group("detection")
     group.add_argument("--model", type=Path, help="model bundle folder (default: the shipped default model)")
-    group.add_argument("--encoder", choices=["edict", "ddim"], default=d.encoder)
-    group.add_argument("--steps", type=int, default=d.steps, help="N, diffusion steps (default %(default)s)")
-    group.add_argument("--guidance", type=_positive_float, default=d.guidance, help="C, classifier-free guidance")
-    group.add_argument("--mix", type=float, default=d.mix, help="EDICT mixing weight omega (default %(default)s)")
-    group.add_argument("--threshold", choices=["otsu", "graddiff"], default=d.threshold)
+    # Left unset, these come from the model's recommended settings (bundle.json "inference"),
+    # then the thesis defaults of DetectionSettings.
+    group.add_argument("--encoder", choices=["edict", "ddim"], default=None,
+                       help=f"inversion (default: the model's, else {d.encoder})")
+    group.add_argument("--steps", type=int, default=None, help=f"N, diffusion steps (default: the model's, else {d.steps})")
+    group.add_argument("--guidance", type=_positive_float, default=None,
+                       help=f"C, classifier-free guidance (default: the model's, else {d.guidance:g})")
+    group.add_argument("--mix", type=float, default=None,
+                       help=f"EDICT mixing weight omega (default: the model's, else {d.mix})")
+    group.add_argument("--threshold", choices=["otsu", "graddiff"], default=None,
+                       help=f"(default: the model's, else {d.threshold})")
     group.add_argument("--overlap", type=float, choices=[0.0, 0.25, 0.5], default=d.overlap)
     group.add_argument("--mode", choices=["auto", "whole", "windows", "slices"], default=d.mode)
     group.add_argument(
@@ -61,14 +67,16 @@ def _add_detection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default=d.device, help="torch device, e.g. cpu or cuda")
 
 
-def _detection_settings(args: argparse.Namespace):
+def _detection_settings(args: argparse.Namespace, bundle=None):
+    """Detection settings: what the user gave, else the model's recommendation, else the defaults."""
     from brainldm.detect.settings import DetectionSettings
 
-    return DetectionSettings(
+    return DetectionSettings.for_model(
+        getattr(bundle, "inference", None),
         encoder=args.encoder, steps=args.steps, guidance=args.guidance, mix=args.mix,
         threshold=args.threshold, overlap=args.overlap, mode=args.mode, mask_brain=args.mask_brain,
         seed=args.seed, device=args.device,
-    ).validate()
+    )
 
 
 # --------------------------------------------------------------------------- commands
@@ -100,9 +108,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     files = {seq: getattr(args, seq) for seq in ("t1n", "t1c", "t2w", "t2f") if getattr(args, seq) is not None}
     inputs = SubjectInputs(subject_dir=args.subject, files=files, reference=args.reference)
+    _detection_settings(args)  # reject bad values before loading anything
     bar, update = progress_bar()
     try:
-        report = run_segmentation(inputs, args.out, _detection_settings(args), model=args.model,
+        report = run_segmentation(inputs, args.out, lambda bundle: _detection_settings(args, bundle), model=args.model,
                                   overwrite=args.overwrite, progress=update)
     finally:
         bar.close()
@@ -120,8 +129,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from brainldm.evaluate.evaluation import EvaluationRequest, evaluate
     from brainldm.logic.detection import load_model
 
-    settings = _detection_settings(args)
-    bundle = None if args.baselines_only else load_model(args.model, device=settings.device)
+    bundle = None if args.baselines_only else load_model(args.model, device=args.device)
+    settings = _detection_settings(args, bundle)
     ablation = load_model(args.ablation_model, device=settings.device) if args.ablation_model else None
     request = EvaluationRequest(data_dir=args.data, out_dir=args.out, split=args.split, settings=settings,
                                 limit=args.limit)
@@ -134,6 +143,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             if d and s:
                 print(f"{method:<18} {d['mean']:.3f} ({d['ci95'][0]:.3f}-{d['ci95'][1]:.3f})      {s['mean']:.4f}")
     print(f"results in {args.out} (results.json, results.csv, results.png)")
+    return 0
+
+
+def cmd_grid_search(args: argparse.Namespace) -> int:
+    from brainldm.detect.settings import DetectionSettings
+    from brainldm.evaluate.grid_search import GridSearchRequest, check_request, grid_search, parse_values
+    from brainldm.logic.detection import load_model
+
+    base = DetectionSettings(encoder=args.encoder, threshold=args.threshold, overlap=args.overlap, mode=args.mode,
+                             mask_brain=args.mask_brain, seed=args.seed, device=args.device)
+    mix = args.mix if args.mix is not None else ("0.93,0.97" if args.encoder == "edict" else str(base.mix))
+    request = GridSearchRequest(
+        data_dir=args.data, out_dir=args.out, split=args.split, settings=base, limit=args.limit,
+        steps=parse_values(args.steps, "--steps", int), guidance=parse_values(args.guidance, "--guidance"),
+        mix=parse_values(mix, "--mix"), overwrite=args.overwrite)
+    check_request(request)  # grid, --out and subjects before loading any model
+    bundles = [load_model(model, device=args.device) for model in (args.model or [None])]
+    results = grid_search(request, bundles)
+    runs = sum(len(c["subjects"]) for c in results["combinations"])
+    print(f"{len(results['combinations'])} combinations x {len(results['subjects'])} subjects: {runs} runs "
+          f"in {results['elapsed_seconds']:.0f} s")
+    for label, best in results["best_per_model"].items():
+        d = best["dice"]
+        print(f"best for {label} ({best['position_embedding']}): N={best['steps']} C={best['guidance']:g} "
+              f"omega={best['mix']:g}  Dice {d['mean']:.3f} ({d['ci95'][0]:.3f}-{d['ci95'][1]:.3f}), "
+              f"n={best['n_subjects']}")
+    best = results["best"]
+    if best:
+        print(f"best overall: {best['model']} N={best['steps']} C={best['guidance']:g} omega={best['mix']:g} "
+              f"(Dice {best['dice']['mean']:.3f})")
+    print(f"results in {args.out} (grid.json, grid.csv, grid.png)")
+    if results["interrupted"]:
+        print("brainldm grid-search: interrupted; the finished combinations are kept", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -207,6 +250,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from brainldm.train import control
 
+    if args.action == "plot":
+        import json
+
+        from brainldm.train.curves import plot_curves, read_metrics, summarise_curves
+
+        out = args.out or Path(args.run) / "curves.png"
+        if out.exists() and not args.overwrite:
+            raise BrainLDMError(f"{out} exists; pass --overwrite to replace it or choose --out")
+        plot_curves(args.run, out)
+        print(json.dumps(summarise_curves(read_metrics(args.run)), indent=2))
+        print(f"curves: {out}")
+        return 0
     if args.action == "stop":
         status = control.stop_run(args.run, wait=args.wait)
         print(f"{args.run}: {status.state} at step {status.step} ({status.message})")
@@ -344,6 +399,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_detection_options(p)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("grid-search", help="mean Dice over a grid of N, C and omega per model (thesis Fig. 3.6)")
+    p.add_argument("--data", type=Path, required=True, help="folder of subjects with reference segmentations")
+    p.add_argument("--out", type=Path, required=True, help="output folder for grid.json/.csv/.png")
+    p.add_argument("--model", type=Path, action="append",
+                   help="model bundle folder or catalogue id; repeat to compare models (e.g. position embeddings)")
+    p.add_argument("--split", choices=["all", "train", "val", "test"], default="val")
+    p.add_argument("--steps", default="25,50", help="N values, comma-separated (default %(default)s)")
+    p.add_argument("--guidance", default="0,3,5,10", help="C values, comma-separated (default %(default)s)")
+    p.add_argument("--mix", default=None, help="omega values, comma-separated (default 0.93,0.97; EDICT only)")
+    p.add_argument("--encoder", choices=["edict", "ddim"], default="edict")
+    p.add_argument("--threshold", choices=["otsu", "graddiff"], default="otsu")
+    p.add_argument("--overlap", type=float, choices=[0.0, 0.25, 0.5], default=0.25)
+    p.add_argument("--mode", choices=["auto", "whole", "windows", "slices"], default="auto")
+    p.add_argument("--mask-brain", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--limit", type=int, help="at most this many subjects (the thesis used 5)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier grid-search results in --out")
+    p.set_defaults(func=cmd_grid_search)
+
     p = sub.add_parser("benchmark", help="time the fast path against the thesis's reference configuration")
     _add_subject_inputs(p)
     _add_detection_options(p)
@@ -368,10 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=int, default=1, help="GPUs on this machine (DDP via torchrun when > 1)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("runs", help="status of a training run, or stop it (a checkpoint is saved first)")
-    p.add_argument("action", choices=["status", "stop"])
+    p = sub.add_parser("runs", help="status of a training run, stop it (a checkpoint is saved first), "
+                                    "or plot its training curves")
+    p.add_argument("action", choices=["status", "stop", "plot"])
     p.add_argument("run", type=Path)
     p.add_argument("--wait", type=float, default=60.0, help="stop: seconds to wait for the checkpoint")
+    p.add_argument("--out", type=Path, help="plot: PNG file (default RUN/curves.png)")
+    p.add_argument("--overwrite", action="store_true", help="plot: replace an existing PNG")
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("export", help="make a model bundle from finished training runs")

@@ -51,6 +51,21 @@ class DetectionSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    #: Settings a model bundle may recommend (``bundle.json`` ``"inference"``, chosen by grid search).
+    MODEL_DEFAULTS = ("encoder", "steps", "guidance", "mix", "threshold", "opening_radius", "mask_brain")
+
+    @classmethod
+    def for_model(cls, inference: dict | None = None, **overrides) -> "DetectionSettings":
+        """Settings for a model: the thesis defaults, then the model's recommendation
+        (``inference``, only the keys in :attr:`MODEL_DEFAULTS`), then ``overrides`` that are not
+        ``None`` (what the user asked for explicitly)."""
+        values = {k: v for k, v in (inference or {}).items() if k in cls.MODEL_DEFAULTS}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise SettingsError(f"unknown detection settings: {', '.join(unknown)}")
+        return cls(**values).validate()
+
 
 @dataclass
 class DetectionResult:

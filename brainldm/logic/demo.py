@@ -87,11 +87,7 @@ def run_demo(request: DemoRequest) -> dict:
     from brainldm.detect.pipeline import detect
     from brainldm.logic.detection import model_description, write_detection_outputs
 
-    defaults = dict(getattr(bundle, "inference", {}) or {})
-    settings = DetectionSettings(**{k: v for k, v in defaults.items() if k in DetectionSettings.__dataclass_fields__})
-    if request.steps:
-        settings.steps = request.steps
-    settings.validate()
+    settings = DetectionSettings.for_model(getattr(bundle, "inference", None), steps=request.steps or None)
     print(f"  model {bundle.model_id}: {settings.encoder.upper()}, N = {settings.steps}, C = {settings.guidance:g}, "
           f"omega = {settings.mix:g}", flush=True)
     bar, update = progress_bar()

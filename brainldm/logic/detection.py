@@ -13,6 +13,7 @@ import json
 import logging
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,10 +142,13 @@ def write_detection_outputs(
 
 
 def load_model(model: Path | str | None = None, device: str = "cpu"):
-    """The model bundle at ``model`` (a folder or a catalogue id), or the shipped default model."""
+    """The model bundle at ``model`` (a folder or a catalogue id, or an already loaded bundle),
+    or the shipped default model."""
     from brainldm.logic.catalogue import resolve_model
     from brainldm.nets.bundle import ModelBundle
 
+    if isinstance(model, ModelBundle):
+        return model
     return ModelBundle.load(resolve_model(model), device=device)
 
 
@@ -157,18 +161,26 @@ def model_description(bundle) -> dict:
 def run_segmentation(
     inputs: SubjectInputs,
     out_dir: Path,
-    settings: DetectionSettings,
-    model: Path | None = None,
+    settings: DetectionSettings | Callable[[object], DetectionSettings],
+    model=None,
     overwrite: bool = False,
     progress=None,
     cancel=None,
 ) -> dict:
-    """Load the subject and the model, detect, write everything; return the report."""
+    """Load the subject and the model (a folder, catalogue id or loaded bundle), detect, write
+    everything; return the report. ``settings`` may be a function of the loaded bundle (so that
+    the model's recommended settings fill in what the user left unset)."""
     from brainldm.detect.pipeline import detect
 
     _check_outputs_free(Path(out_dir), overwrite)
     subject = inputs.load()
-    bundle = load_model(model, device=settings.device)
+    if callable(settings):  # settings that depend on the model (its recommended settings)
+        bundle = load_model(model)
+        settings = settings(bundle)
+        if settings.device != "cpu":
+            bundle = load_model(model, device=settings.device)
+    else:
+        bundle = load_model(model, device=settings.device)
     result = detect(subject, bundle, settings, progress=progress, cancel=cancel)
     return write_detection_outputs(subject, result, Path(out_dir), settings, model_description(bundle),
                                    overwrite=overwrite)

@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Make the shipped default model from scratch, measure it, and write its model card.
+
+Everything comes from this repository (no downloads): generated phantom subjects for training
+(seed 0) and for the held-out test (seed 777), ``brainldm train all --config default``, then
+``brainldm evaluate`` on the held-out phantoms and on the real subjects of ``../shared/data``
+when present, and ``brainldm demo``. The measured numbers go into ``MODEL_CARD.md``; with
+``--install`` the bundle is copied to ``Resources/models/<model id>/`` and marked as the default.
+
+    python Resources/models/make_default_model.py --work default-model-work --install
+
+Every step is skipped when its output already exists, so a killed run continues where it
+stopped (training resumes from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN_PHANTOMS = dict(n=40, seed=0, diameters=(5, 10, 15, 20, 30, 40), healthy_fraction=0.2)
+TEST_PHANTOMS = dict(n=12, seed=777, diameters=(10, 20), healthy_fraction=0.0)
+
+
+def run(command: list[str]) -> None:
+    print("$", " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def make_phantoms(folder: Path, spec: dict) -> None:
+    from brainldm.data.phantom import make_phantom_dataset
+
+    if (folder / "phantoms.json").is_file():
+        print(f"phantoms already in {folder}", flush=True)
+        return
+    make_phantom_dataset(folder, **spec)
+
+
+def train(work: Path, config: str, data: Path) -> Path:
+    run_dir = work / "run"
+    bundle = run_dir / "bundle"
+    if (bundle / "bundle.json").is_file():
+        print(f"trained bundle already in {bundle}", flush=True)
+        return bundle
+    command = ["brainldm", "train", "all", "--data", str(data), "--out", str(run_dir)]
+    command += ["--resume"] if (run_dir / "config.yaml").is_file() else ["--config", config]
+    run(command)
+    if not (bundle / "bundle.json").is_file():
+        raise SystemExit(f"training ended without a bundle in {bundle}; see {run_dir / 'train.log'}")
+    return bundle
+
+
+def evaluate(bundle: Path, data: Path, out: Path) -> dict:
+    if not (out / "results.json").is_file():
+        run(["brainldm", "evaluate", "--data", str(data), "--model", str(bundle), "--out", str(out)])
+    return json.loads((out / "results.json").read_text())
+
+
+def demo(bundle: Path, out: Path) -> dict:
+    if not (out / "report.json").is_file():
+        run(["brainldm", "demo", "--model", str(bundle), "--out", str(out)])
+    return json.loads((out / "report.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("default-model-work"), help="working folder")
+    parser.add_argument("--config", default="default", help="training preset or YAML file")
+    parser.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data",
+                        help="folder with brats_like/ real subjects (optional)")
+    parser.add_argument("--install", action="store_true",
+                        help="copy the bundle to Resources/models/<model id>/ as the default model")
+    args = parser.parse_args(argv)
+
+    from brainldm.evaluate.model_card import machine_description, measured_section
+    from brainldm.nets.bundle import ModelBundle
+
+    work = args.work.resolve()
+    start = time.time()
+    make_phantoms(work / "data" / "train", TRAIN_PHANTOMS)
+    make_phantoms(work / "data" / "test", TEST_PHANTOMS)
+    bundle_dir = train(work, args.config, work / "data" / "train")
+    phantoms = evaluate(bundle_dir, work / "data" / "test", work / "eval-phantoms")
+    real_dir = args.shared_data / "brats_like"
+    real = evaluate(bundle_dir, real_dir, work / "eval-real") if real_dir.is_dir() else None
+    demo_report = demo(bundle_dir, work / "demo")
+
+    bundle_json = json.loads((bundle_dir / "bundle.json").read_text())
+    training = bundle_json.get("training", {})
+    ae, dn = training.get("autoencoder", {}), training.get("denoiser", {})
+    minutes = (float(ae.get("seconds", 0)) + float(dn.get("seconds", 0))) / 60
+    machine = machine_description()
+    card = (bundle_dir / "MODEL_CARD.md").read_text().split("## Limitations")[0]
+    card += (f"- Training time: {minutes:.0f} min on {machine} (first stage {float(ae.get('seconds', 0)) / 60:.0f} min, "
+             f"denoiser {float(dn.get('seconds', 0)) / 60:.0f} min); phantoms: {TRAIN_PHANTOMS}.\n\n")
+    card += measured_section(phantoms, real, demo_report, machine)
+    card += """
+## Limitations
+- A demonstration model: trained in about an hour and a half on two CPU cores, on generated
+  phantom subjects only (synthetic anatomy, tissue contrasts and tumours). It shows the method
+  working end to end on a laptop; it is not a clinical model and its numbers on real MRI are
+  those above.
+- For real use, train on real multi-sequence MRI (e.g. BraTS 2023) with a GPU:
+  `brainldm train all --config thesis-3d --data BraTS --out runs/brats --gpus N` (README,
+  "Train a model"), then `brainldm evaluate` on held-out subjects.
+- The anomaly map marks anything that differs from the learned healthy appearance, not only
+  tumour. Inputs must be skull-stripped and co-registered like BraTS.
+- Research use only. Not a medical device; not for diagnosis or treatment decisions.
+"""
+    (bundle_dir / "MODEL_CARD.md").write_text(card)
+    print(f"model card written: {bundle_dir / 'MODEL_CARD.md'} ({(time.time() - start) / 60:.1f} min)", flush=True)
+
+    if args.install:
+        target = REPO / "Resources" / "models" / bundle_json["model_id"]
+        if target.exists():
+            raise SystemExit(f"{target} already exists; remove it first to install again")
+        shutil.copytree(bundle_dir, target)
+        data = json.loads((target / "bundle.json").read_text())
+        data["default"] = True
+        (target / "bundle.json").write_text(json.dumps(data, indent=2))
+        ModelBundle.load(target)  # checks the files against bundle.json
+        size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file()) / 2**20
+        print(f"installed as the default model: {target} ({size:.1f} MB)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
