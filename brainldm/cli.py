@@ -162,8 +162,8 @@ def cmd_grid_search(args: argparse.Namespace) -> int:
     bundles = [load_model(model, device=args.device) for model in (args.model or [None])]
     results = grid_search(request, bundles)
     runs = sum(len(c["subjects"]) for c in results["combinations"])
-    print(f"{len(results['combinations'])} combinations x {len(results['subjects'])} subjects: {runs} runs "
-          f"in {results['elapsed_seconds']:.0f} s")
+    print(f"{len(results['combinations'])} combinations x {len(results['subjects'])} subjects: {runs} of "
+          f"{len(results['combinations']) * len(results['subjects'])} runs in {results['elapsed_seconds']:.0f} s")
     for label, best in results["best_per_model"].items():
         d = best["dice"]
         print(f"best for {label} ({best['position_embedding']}): N={best['steps']} C={best['guidance']:g} "
@@ -347,6 +347,87 @@ def cmd_studio(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth_settings(args: argparse.Namespace):
+    from brainldm.synth.generate import SynthSettings
+
+    return SynthSettings(steps=args.steps, guidance=args.guidance, mode=args.mode, margin_mm=args.margin,
+                         seed=args.seed, device=args.device).validate()
+
+
+def _synthesis_model(args: argparse.Namespace):
+    from brainldm.logic.catalogue import resolve_synthesis_model
+    from brainldm.synth.subjects import load_synthesis_model
+
+    return load_synthesis_model(resolve_synthesis_model(args.model), device=args.device)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from brainldm.logic.progress import progress_bar
+    from brainldm.synth.subjects import SynthRequest, parse_centre, run_synth
+
+    request = SynthRequest(reference=args.reference, out_dir=args.out, lesion_mask=args.lesion_mask,
+                           diameter_mm=args.diameter, centre=parse_centre(args.center),
+                           lesion_sources=list(args.lesion_source), subject_id=args.id,
+                           settings=_synth_settings(args), overwrite=args.overwrite).validate()
+    bundle = _synthesis_model(args)
+    bar, update = progress_bar()
+    try:
+        report = run_synth(request, bundle, progress=update)
+    finally:
+        bar.close()
+    lesion = report["lesion"]
+    print(f"{report['subject']}: lesion of {lesion['diameter_mm']:g} mm in-plane ({lesion['voxels']} voxels, "
+          f"{len(lesion['axial_slices']['indices'])} slices) synthesised into {report['reference']} with "
+          f"{report['model']['model_id']} in {report['seconds']:.1f} s")
+    print(f"outputs in {args.out}")
+    return 0
+
+
+def cmd_synth_dataset(args: argparse.Namespace) -> int:
+    from brainldm.logic.progress import progress_bar
+    from brainldm.synth.subjects import SynthDatasetRequest, synth_dataset
+
+    try:
+        diameters = tuple(float(d) for d in str(args.diameters).split(",") if d.strip())
+    except ValueError as error:
+        raise BrainLDMError(f"--diameters must be numbers separated by commas, got {args.diameters!r}") from error
+    request = SynthDatasetRequest(references=args.references, out_dir=args.out, count=args.count, slices=args.slices,
+                                  diameters=diameters, lesion_sources=list(args.lesion_source),
+                                  settings=_synth_settings(args), seed=args.seed, overwrite=args.overwrite).validate()
+    bundle = _synthesis_model(args)
+    bar, update = progress_bar()
+    try:
+        manifest = synth_dataset(request, bundle, progress=update)
+    finally:
+        bar.close()
+    ok = [s for s in manifest["samples"] if s.get("status") == "ok"]
+    print(f"{len(ok)} of {len(manifest['samples'])} synthetic subjects written to {args.out} "
+          f"(synth_dataset.json, synth_dataset.csv)")
+    for sample in manifest["samples"]:
+        if sample.get("status") != "ok":
+            print(f"failed: {sample['subject']}: {sample.get('reason')}")
+    return 0
+
+
+def _add_synth_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("synthesis")
+    group.add_argument("--model", type=Path, help="lesion synthesis bundle (brainldm train synthesis ... -> RUN/bundle)")
+    group.add_argument("--lesion-source", type=Path, action="append", default=[], metavar="PATH",
+                       help="label maps, or folders of subjects, whose real lesion shapes are resized (repeatable; "
+                            "default: ../shared/data lesion masks when present, else a ball)")
+    group.add_argument("--steps", type=int, default=50, help="DDIM steps (default %(default)s)")
+    group.add_argument("--guidance", type=_positive_float, default=0.0,
+                       help="classifier-free guidance toward 'diseased' in lesion slices (default %(default)s)")
+    group.add_argument("--mode", choices=["inpaint", "full"], default="inpaint",
+                       help="inpaint: generate only around the lesion, keep the rest of the slice (default); "
+                            "full: generate whole slices from the masks (thesis)")
+    group.add_argument("--margin", type=_positive_float, default=8.0,
+                       help="inpaint: mm around the lesion that are synthesised (default %(default)s)")
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    group.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -429,10 +510,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("train", help="train the first stage, the latent denoiser, or both")
-    p.add_argument("stage", choices=["autoencoder", "denoiser", "all"])
+    p.add_argument("stage", choices=["autoencoder", "denoiser", "all", "synthesis"],
+                   help="synthesis: the lesion synthesis models (mask autoencoder + conditioned denoiser) and a "
+                        "synthesis bundle in RUN/bundle (presets synth-2d, thesis-synth-2d, tiny-synth)")
     p.add_argument("--config", default=None,
-                   help="preset (cpu-small, default, thesis-3d, thesis-2d) or a YAML file; without it a new run "
-                        "uses the 'default' preset and --resume uses the run's own config.yaml")
+                   help="preset (cpu-small, default, thesis-3d, thesis-2d; synthesis: synth-2d, thesis-synth-2d, "
+                        "thesis-synth-2d-g3wide, tiny-synth) or a YAML file; without it a new run uses the 'default' "
+                        "preset and --resume uses the run's own config.yaml")
     p.add_argument("--data", type=Path, help="folder of training subjects (BraTS naming)")
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics.jsonl, status.json)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
@@ -481,6 +565,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--largest", action="store_true", help="keep only the largest connected lesion")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_lesion_resize)
+
+    p = sub.add_parser("synth", help="synthesise a tumour of a painted shape or an exact diameter into a subject "
+                                     "(thesis 4.3)")
+    p.add_argument("--reference", type=Path, required=True, help="subject folder to synthesise into (BraTS naming)")
+    lesion = p.add_mutually_exclusive_group(required=True)
+    lesion.add_argument("--lesion-mask", type=Path, help="NIfTI lesion mask on the reference's grid (> 0 = lesion)")
+    lesion.add_argument("--diameter", type=float, help="in-plane lesion diameter in mm (a real lesion shape resized)")
+    p.add_argument("--center", help="--diameter: lesion centre as voxel indices X,Y,Z of the reference files "
+                                    "(default: random, inside the brain)")
+    p.add_argument("--out", type=Path, required=True, help="output subject folder (4 sequences + -seg, synth.json)")
+    p.add_argument("--id", help="subject id of the output files (default <reference id>-synth)")
+    _add_synth_options(p)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("synth-dataset", help="synthetic small-lesion dataset: N subjects x K lesions x diameters "
+                                             "with exact masks (thesis 4.3.5)")
+    p.add_argument("--references", type=Path, required=True, help="folder of reference subjects")
+    p.add_argument("--count", type=int, default=10, help="N: reference subjects to use (default %(default)s)")
+    p.add_argument("--slices", type=int, default=5,
+                   help="K: lesions per subject and diameter, each in its own sample (default %(default)s)")
+    p.add_argument("--diameters", default="5,10,20", help="in-plane diameters in mm (default %(default)s)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (one subject folder per sample)")
+    _add_synth_options(p)
+    p.set_defaults(func=cmd_synth_dataset)
 
     p = sub.add_parser("degrade", help="simulate low-resolution MRI (thesis Algorithms 1-2) for super-resolution data")
     p.add_argument("input", type=Path, metavar="IN", help="a NIfTI file or a folder of subjects (BraTS naming)")

@@ -15,6 +15,11 @@ How the latent is cut for the denoiser depends on the model and ``settings.mode`
 ``whole`` (``coords`` models, the fast path), ``windows`` (thesis patch inference with
 overlap) or ``slices`` (2D models). ``auto`` picks ``whole`` for ``coords`` 3D models,
 ``windows`` for other 3D models and ``slices`` for 2D ones.
+
+:func:`detect` runs three public stages that callers varying the settings on one subject reuse
+(``brainldm grid-search``): :func:`encode_subject` (preprocessing and the first stage; independent
+of N, C and omega), :func:`invert_latent` (depends on the encoder, N and omega, not on C) and
+:func:`counterfactual_from_inversion` (generation with guidance C, maps, segmentation).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import resource
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -35,7 +41,7 @@ from brainldm.detect.maps import GradDiffRecorder, anomaly_map, graddiff_map, gr
 from brainldm.detect.settings import DetectionResult, DetectionSettings
 from brainldm.detect.windows import SliceBatchDenoiser, SlidingWindowDenoiser, WholeVolumeDenoiser
 from brainldm.diffusion.guidance import make_noise_fn
-from brainldm.diffusion.sampler import SamplerSettings, final_latent, generate, invert
+from brainldm.diffusion.sampler import SamplerSettings, chain_callbacks, final_latent, generate, invert
 from brainldm.errors import BrainLDMError, SettingsError
 from brainldm.evaluate.metrics import segmentation_metrics
 from brainldm.nets.cpu_speed import use_onednn_convolutions
@@ -136,91 +142,217 @@ def detect(
     [0, 1]); ``cancel()`` is polled between diffusion steps and raises
     :class:`brainldm.diffusion.sampler.Cancelled` when it returns True. GradDiff maps are
     recorded when ``settings.threshold == "graddiff"`` or ``record_graddiff`` is True.
+
+    The three stages are public for callers that vary settings on one subject (grid search):
+    :func:`encode_subject` does not depend on N, C or omega, :func:`invert_latent` does not depend
+    on C, and :func:`counterfactual_from_inversion` finishes the job; ``detect`` is exactly these three.
     """
     settings = (settings or DetectionSettings()).validate()
-    report = progress or (lambda stage, fraction: None)
-    timer = _Timer()
-    warnings: list[str] = []
-    device = torch.device(settings.device)
-    torch.manual_seed(settings.seed)
-    mode = resolve_mode(bundle, settings)
-    want_graddiff = settings.threshold == "graddiff" if record_graddiff is None else bool(record_graddiff)
-    bundle.to(device)
-    autoencoder, denoiser = bundle.autoencoder.eval(), bundle.denoiser.eval()
-    if device.type == "cpu":
-        use_onednn_convolutions(autoencoder)
-        use_onednn_convolutions(denoiser)
     start_all = time.perf_counter()
+    encoded = encode_subject(subject, bundle, settings, progress=progress)
+    inverted = invert_latent(encoded, settings, progress=progress, cancel=cancel)
+    result = counterfactual_from_inversion(encoded, inverted, settings, progress=progress, cancel=cancel,
+                                           record_graddiff=record_graddiff)
+    result.timings["total"] = round(time.perf_counter() - start_all, 3)
+    return result
 
-    report("preprocess", 0.0)
-    with timer.stage("preprocess"):
-        prepared: PreparedSubject = preprocess_subject(subject, bundle.preprocess_config)
-    mask = prepared.mask
-    n_steps = settings.steps
-    # progress: encode 5 %, inversion 45 %, generation 45 %, decode + maps 5 %
+
+@dataclass
+class EncodedSubject:
+    """A subject after preprocessing and the first stage: everything detection needs that does not
+    depend on N, C or omega (made by :func:`encode_subject`).
+
+    ``reconstruction_subject`` and ``reconstruction_error_subject`` are shared by every result made
+    from this encoding: treat them as read-only.
+    """
+
+    subject: Subject
+    bundle: object
+    prepared: PreparedSubject
+    mode: str
+    device: torch.device
+    z0: torch.Tensor  # E(x) * latent_scale
+    net: object  # the denoiser wrapper of the mode (whole volume, windows or slices)
+    z_index: np.ndarray | None  # axial slices processed in 'slices' mode
+    reconstruction: np.ndarray  # D(E(x)), (4, x, y, z) on the prepared grid, normalised units
+    reconstruction_subject: np.ndarray  # the same in raw intensities on the subject grid
+    reconstruction_error_subject: np.ndarray  # |x - D(E(x))| averaged over sequences, subject grid
+    layout: tuple  # the settings the denoiser wrapper was built for (see _layout)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class InvertedLatent:
+    """The input's latent encoded into noise (:func:`invert_latent`): depends on the encoder, N and
+    omega, not on the guidance C."""
+
+    latent: object  # z_T (DDIM) or the EDICT pair (x_T, y_T)
+    encoder: str
+    steps: int
+    mix: float
+    seconds: float
+    denoiser_calls: int
+
+
+def _layout(settings: DetectionSettings) -> tuple:
+    return (settings.mode, settings.overlap, settings.window_batch, settings.device)
+
+
+@contextmanager
+def _memory_errors(mode: str):
     try:
-        with torch.inference_mode():
-            report("encode", 0.02)
-            with timer.stage("encode"):
-                if mode == "slices":
-                    x, z_index = _to_slices(prepared.images, mask)
-                else:
-                    x = torch.from_numpy(prepared.images)[None]
-                x = x.to(device)
-                z0 = _encode(autoencoder, x, chunk=32)
-                reconstruction = _decode(autoencoder, z0, chunk=32)
-            z0 = z0 * float(bundle.latent_scale)
-            net = _denoiser_for(mode, bundle, denoiser, settings, mask, z0, device)
-            sampler = SamplerSettings(method=settings.encoder, num_steps=n_steps, omega=settings.mix)
-            schedule = bundle.schedule
-
-            def step_progress(offset: float, stage: str):
-                def callback(step_index, num_steps, t, info):
-                    report(stage, offset + 0.45 * (step_index + 1) / num_steps)
-                return callback
-
-            with timer.stage("inversion"):
-                null_label = int(getattr(bundle.denoiser_config, "num_classes", 2))
-                eps_null = make_noise_fn(net, label=null_label, null_label=null_label)
-                z_T = invert(z0, eps_null, schedule, sampler, callback=step_progress(0.05, "inversion"),
-                             cancel=cancel)
-            recorder = GradDiffRecorder(n_steps) if want_graddiff else None
-            with timer.stage("generation"):
-                eps_healthy = make_noise_fn(net, label=HEALTHY, null_label=null_label, scale=settings.guidance,
-                                            with_pseudo_gradient=want_graddiff)
-                callbacks = [step_progress(0.5, "generation")]
-                if recorder is not None:
-                    callbacks.append(recorder)
-
-                def callback(step_index, num_steps, t, info):
-                    for cb in callbacks:
-                        cb(step_index, num_steps, t, info)
-
-                z_cf = final_latent(generate(z_T, eps_healthy, schedule, sampler, callback=callback, cancel=cancel))
-            report("decode", 0.95)
-            with timer.stage("decode"):
-                counterfactual = _decode(autoencoder, z_cf / float(bundle.latent_scale), chunk=32)
-            reconstruction = reconstruction.float().cpu().numpy()
-            counterfactual = counterfactual.float().cpu().numpy()
-            latent_graddiff = recorder.latent_map() if recorder is not None else None
+        yield
     except RuntimeError as error:
         if "memory" in str(error).lower() or "alloc" in str(error).lower():
             raise _memory_hint(error, mode) from error
         raise
 
+
+def encode_subject(subject: Subject, bundle, settings: DetectionSettings | None = None,
+                   progress: Progress | None = None) -> EncodedSubject:
+    """Preprocess ``subject`` and run the first stage (the part of :func:`detect` before inversion).
+
+    Only ``settings.mode``, ``overlap``, ``window_batch``, ``device`` and ``seed`` matter here; the
+    result serves every N, C and omega with those same values.
+    """
+    settings = (settings or DetectionSettings()).validate()
+    report = progress or (lambda stage, fraction: None)
+    timer = _Timer()
+    device = torch.device(settings.device)
+    torch.manual_seed(settings.seed)
+    mode = resolve_mode(bundle, settings)
+    bundle.to(device)
+    autoencoder, denoiser = bundle.autoencoder.eval(), bundle.denoiser.eval()
+    if device.type == "cpu":
+        use_onednn_convolutions(autoencoder)
+        use_onednn_convolutions(denoiser)
+
+    report("preprocess", 0.0)
+    with timer.stage("preprocess"):
+        prepared: PreparedSubject = preprocess_subject(subject, bundle.preprocess_config)
+    mask = prepared.mask
+    z_index = None
+    with _memory_errors(mode), torch.inference_mode():
+        report("encode", 0.02)
+        with timer.stage("encode"):
+            if mode == "slices":
+                x, z_index = _to_slices(prepared.images, mask)
+            else:
+                x = torch.from_numpy(prepared.images)[None]
+            x = x.to(device)
+            z0 = _encode(autoencoder, x, chunk=32)
+            reconstruction = _decode(autoencoder, z0, chunk=32)
+        z0 = z0 * float(bundle.latent_scale)
+        net = _denoiser_for(mode, bundle, denoiser, settings, mask, z0, device)
+        reconstruction = reconstruction.float().cpu().numpy()
     with timer.stage("maps"):
         if mode == "slices":
             reconstruction = _from_slices(reconstruction, z_index, mask.shape, fill=-1.0)
-            counterfactual = _from_slices(counterfactual, z_index, mask.shape, fill=-1.0)
         else:
-            reconstruction, counterfactual = reconstruction[0], counterfactual[0]
+            reconstruction = reconstruction[0]
+        rec_error = anomaly_map(prepared.images, reconstruction, brain_mask=mask)
+    with timer.stage("to_subject_grid"):
+        reconstruction_subject = prepared.to_subject_images(reconstruction)
+        rec_error_subject = prepared.to_subject_grid(rec_error.astype(np.float32), fill=0.0)
+    return EncodedSubject(
+        subject=subject, bundle=bundle, prepared=prepared, mode=mode, device=device, z0=z0, net=net,
+        z_index=z_index, reconstruction=reconstruction, reconstruction_subject=reconstruction_subject,
+        reconstruction_error_subject=rec_error_subject, layout=_layout(settings), timings=timer.timings,
+    )
+
+
+def _check_layout(encoded: EncodedSubject, settings: DetectionSettings) -> None:
+    if _layout(settings) != encoded.layout:
+        raise SettingsError(
+            f"this subject was encoded for mode/overlap/window batch/device {encoded.layout}, not "
+            f"{_layout(settings)}; encode it again with these settings")
+
+
+def _step_progress(report: Progress, offset: float, stage: str):
+    def callback(step_index, num_steps, t, info):
+        report(stage, offset + 0.45 * (step_index + 1) / num_steps)
+    return callback
+
+
+def invert_latent(encoded: EncodedSubject, settings: DetectionSettings | None = None,
+                  progress: Progress | None = None, cancel: CancelCheck | None = None) -> InvertedLatent:
+    """Encode the subject's latent into noise with the null label over N steps (DDIM or EDICT with
+    omega). Guidance acts only in generation, so one inversion serves every C."""
+    settings = (settings or DetectionSettings()).validate()
+    _check_layout(encoded, settings)
+    report = progress or (lambda stage, fraction: None)
+    bundle = encoded.bundle
+    sampler = SamplerSettings(method=settings.encoder, num_steps=settings.steps, omega=settings.mix)
+    calls_before = encoded.net.calls
+    start = time.perf_counter()
+    with _memory_errors(encoded.mode), torch.inference_mode():
+        null_label = int(getattr(bundle.denoiser_config, "num_classes", 2))
+        eps_null = make_noise_fn(encoded.net, label=null_label, null_label=null_label)
+        z_T = invert(encoded.z0, eps_null, bundle.schedule, sampler,
+                     callback=_step_progress(report, 0.05, "inversion"), cancel=cancel)
+    return InvertedLatent(latent=z_T, encoder=settings.encoder, steps=settings.steps, mix=settings.mix,
+                          seconds=round(time.perf_counter() - start, 3),
+                          denoiser_calls=int(encoded.net.calls - calls_before))
+
+
+def counterfactual_from_inversion(
+    encoded: EncodedSubject,
+    inverted: InvertedLatent,
+    settings: DetectionSettings | None = None,
+    progress: Progress | None = None,
+    cancel: CancelCheck | None = None,
+    record_graddiff: bool | None = None,
+) -> DetectionResult:
+    """Generate the healthy counterfactual from an inverted latent with guidance ``settings.guidance``
+    and make the maps and the segmentation (the part of :func:`detect` after inversion).
+
+    ``settings`` must agree with the inversion (encoder, N, omega) and the encoding (mode, overlap,
+    window batch, device); the result equals :func:`detect` with the same settings. Timings hold the
+    shared stages (encoding, inversion) as they were measured once; ``total`` is their sum.
+    """
+    settings = (settings or DetectionSettings()).validate()
+    _check_layout(encoded, settings)
+    if (inverted.encoder, inverted.steps) != (settings.encoder, settings.steps) or (
+            settings.encoder == "edict" and inverted.mix != settings.mix):
+        raise SettingsError(
+            f"the latent was inverted with {inverted.encoder} N={inverted.steps} omega={inverted.mix}, "
+            f"not {settings.encoder} N={settings.steps} omega={settings.mix}; invert it again with these settings")
+    report = progress or (lambda stage, fraction: None)
+    timer = _Timer()
+    warnings: list[str] = []
+    bundle, mode, prepared, net = encoded.bundle, encoded.mode, encoded.prepared, encoded.net
+    mask = prepared.mask
+    n_steps = settings.steps
+    want_graddiff = settings.threshold == "graddiff" if record_graddiff is None else bool(record_graddiff)
+    sampler = SamplerSettings(method=settings.encoder, num_steps=n_steps, omega=settings.mix)
+    calls_before = net.calls
+    with _memory_errors(mode), torch.inference_mode():
+        recorder = GradDiffRecorder(n_steps) if want_graddiff else None
+        with timer.stage("generation"):
+            null_label = int(getattr(bundle.denoiser_config, "num_classes", 2))
+            eps_healthy = make_noise_fn(net, label=HEALTHY, null_label=null_label, scale=settings.guidance,
+                                        with_pseudo_gradient=want_graddiff)
+            callback = chain_callbacks(_step_progress(report, 0.5, "generation"), recorder)
+            z_cf = final_latent(generate(inverted.latent, eps_healthy, bundle.schedule, sampler, callback=callback,
+                                         cancel=cancel))
+        report("decode", 0.95)
+        with timer.stage("decode"):
+            counterfactual = _decode(bundle.autoencoder, z_cf / float(bundle.latent_scale), chunk=32)
+        counterfactual = counterfactual.float().cpu().numpy()
+        latent_graddiff = recorder.latent_map() if recorder is not None else None
+
+    with timer.stage("maps"):
+        reconstruction = encoded.reconstruction
+        if mode == "slices":
+            counterfactual = _from_slices(counterfactual, encoded.z_index, mask.shape, fill=-1.0)
+        else:
+            counterfactual = counterfactual[0]
         if settings.mask_brain:
             counterfactual = np.where(mask[None], counterfactual, -1.0).astype(np.float32)
         amap = anomaly_map(reconstruction, counterfactual, brain_mask=mask if settings.mask_brain else None)
-        rec_error = anomaly_map(prepared.images, reconstruction, brain_mask=mask)
         gmap = roi = None
         if latent_graddiff is not None:
-            gmap = _graddiff_image_map(latent_graddiff, mode, z_index if mode == "slices" else None, mask.shape)
+            gmap = _graddiff_image_map(latent_graddiff, mode, encoded.z_index, mask.shape)
             if settings.mask_brain:
                 gmap = np.where(mask, gmap, 0.0).astype(np.float32)
             if settings.threshold == "graddiff":
@@ -241,22 +373,27 @@ def detect(
         if settings.mask_brain:  # background of skull-stripped scans is 0
             counterfactual_raw *= brain_full[None]
         result = DetectionResult(
-            reconstruction=prepared.to_subject_images(reconstruction),
+            reconstruction=encoded.reconstruction_subject,
             counterfactual=counterfactual_raw,
             anomaly_map=prepared.to_subject_grid(amap.astype(np.float32), fill=0.0),
             segmentation=prepared.to_subject_grid(seg.mask.astype(np.uint8), fill=0),
             brain_mask=brain_full,
-            reconstruction_error=prepared.to_subject_grid(rec_error.astype(np.float32), fill=0.0),
+            reconstruction_error=encoded.reconstruction_error_subject,
             threshold=float(seg.threshold),
             graddiff_map=None if gmap is None else prepared.to_subject_grid(gmap.astype(np.float32), fill=0.0),
             warnings=warnings,
         )
+    subject = encoded.subject
     if subject.seg is not None:
         result.metrics = segmentation_metrics(result.segmentation > 0, subject.seg > 0)
-    timer.timings["total"] = round(time.perf_counter() - start_all, 3)
-    result.timings = timer.timings
-    result.timings["denoiser_calls"] = float(net.calls)
-    result.timings["mode_" + mode] = 1.0
+    timings = dict(encoded.timings)
+    timings["inversion"] = inverted.seconds
+    for stage, seconds in timer.timings.items():
+        timings[stage] = round(timings.get(stage, 0.0) + seconds, 3)
+    timings["total"] = round(sum(timings.values()), 3)
+    timings["denoiser_calls"] = float(inverted.denoiser_calls + net.calls - calls_before)
+    timings["mode_" + mode] = 1.0
+    result.timings = timings
     result.peak_memory_mb = round(peak_memory_mb(), 1)
     for warning in warnings:
         log.warning("%s: %s", subject.subject_id, warning)

@@ -50,6 +50,34 @@ def size_group(diameter_mm: float) -> str:
     return "none"
 
 
+def load_reference_subject(files):
+    """Load one subject of :func:`select_subjects`; ``None`` (with a warning) when it has no reference
+    segmentation to score against."""
+    from brainldm.data.io import load_subject
+
+    subject = load_subject(files)
+    if subject.seg is None:
+        log.warning("%s has no reference segmentation; skipped", subject.subject_id)
+        return None
+    return subject
+
+
+def reference_row(subject) -> dict:
+    """The first columns of a subject's row: id, largest lesion's in-plane diameter and its size group."""
+    from brainldm.data.phantom import lesion_diameters_mm
+
+    diameters = lesion_diameters_mm(subject.seg, subject.spacing)
+    return {"subject": subject.subject_id, "diameter_mm": round(diameters[0], 1) if diameters else 0.0,
+            "size_group": size_group(diameters[0]) if diameters else "healthy"}
+
+
+def metric_columns(method: str, prediction, reference) -> dict[str, float]:
+    """``{"<method>_dice": ..., "<method>_sensitivity": ..., "<method>_specificity": ...}`` of one prediction."""
+    from brainldm.evaluate.metrics import segmentation_metrics
+
+    return {f"{method}_{metric}": float(value) for metric, value in segmentation_metrics(prediction, reference).items()}
+
+
 def select_subjects(data_dir: Path, split: str):
     """Complete subjects of ``data_dir`` in the requested split (skipped ones are logged)."""
     from brainldm.data.io import find_subjects
@@ -99,13 +127,10 @@ def evaluate(request: EvaluationRequest, bundle=None, ablation=None) -> dict:
     selected subject; write and return the results. Without a bundle only the FLAIR baselines run."""
     from tqdm.auto import tqdm
 
-    from brainldm.data.io import load_subject
-    from brainldm.data.phantom import lesion_diameters_mm
     from brainldm.data.preprocess import brain_mask
     from brainldm.detect.maps import segment_from_map
     from brainldm.detect.pipeline import detect
     from brainldm.evaluate.baselines import flair_otsu, flair_percentile
-    from brainldm.evaluate.metrics import segmentation_metrics
 
     settings = request.settings.validate()
     subjects = select_subjects(Path(request.data_dir), request.split)
@@ -119,18 +144,15 @@ def evaluate(request: EvaluationRequest, bundle=None, ablation=None) -> dict:
     out_dir = Path(request.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for files in tqdm(subjects, desc="evaluate", unit="subject"):
-        subject = load_subject(files)
-        if subject.seg is None:
-            log.warning("%s has no reference segmentation; skipped", subject.subject_id)
+        subject = load_reference_subject(files)
+        if subject is None:
             continue
         reference = subject.seg > 0
-        diameters = lesion_diameters_mm(subject.seg, subject.spacing)
+        row = reference_row(subject)
         start = time.perf_counter()
         result = detect(subject, bundle, settings) if bundle is not None else None
         brain = result.brain_mask if result is not None else brain_mask(subject.images)
-        row = {"subject": subject.subject_id, "diameter_mm": round(diameters[0], 1) if diameters else 0.0,
-               "size_group": size_group(diameters[0]) if diameters else "healthy",
-               "seconds": round(time.perf_counter() - start, 2)}
+        row["seconds"] = round(time.perf_counter() - start, 2)
         predictions = {
             "flair-otsu": flair_otsu(subject.images, brain).mask,
             "flair-percentile": flair_percentile(subject.images, brain).mask,
@@ -141,8 +163,7 @@ def evaluate(request: EvaluationRequest, bundle=None, ablation=None) -> dict:
         if ablation is not None:
             predictions["ablation"] = detect(subject, ablation, settings).segmentation > 0
         for method, prediction in predictions.items():
-            for metric, value in segmentation_metrics(prediction, reference).items():
-                row[f"{method}_{metric}"] = float(value)
+            row.update(metric_columns(method, prediction, reference))
         rows.append(row)
         log.info("%s: Dice %.3f (FLAIR %.3f)", subject.subject_id, row.get("model_dice", float("nan")),
                  row["flair-percentile_dice"])
