@@ -522,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     p.add_argument("--resume", action="store_true", help="continue a stopped or killed run at the same step")
     p.add_argument("--init", type=Path, help="fine-tune from this model bundle / run / checkpoint")
-    p.add_argument("--autoencoder", type=Path, help="denoiser stage: the trained first stage (run or bundle)")
+    p.add_argument("--autoencoder", type=Path, help="denoiser and synthesis stages: the trained first stage "
+                                                      "(run or bundle)")
     p.add_argument("--background", action="store_true", help="detach: keep training after the terminal closes")
     p.add_argument("--gpus", type=int, default=1, help="GPUs on this machine (DDP via torchrun when > 1)")
     p.set_defaults(func=cmd_train)

@@ -56,3 +56,37 @@ def test_point_outside_the_grid_and_bad_diameter(headless):
 def test_synthesis_is_reported_unavailable():
     status = synth.synthesis_status()
     assert status.available is False and status.reason == "synthesis model not yet available"
+
+
+def test_synthesis_status_with_a_bundle(tmp_path):
+    from brainldm.train.toy import untrained_synthesis_bundle
+
+    status = synth.synthesis_status(tmp_path / "missing")
+    assert status.available is False and "brainldm train synthesis" in status.reason
+    bundle = untrained_synthesis_bundle(tmp_path / "bundle")
+    status = synth.synthesis_status(bundle)
+    assert status.available is True and "untrained-synthesis-concat" in status.reason
+
+
+def test_synthesize_in_scene_with_a_synthesis_bundle(headless, tmp_path):
+    from brainldm.data.phantom import PhantomSpec, make_phantom
+    from brainldm.train.toy import untrained_synthesis_bundle
+
+    subject = make_phantom(PhantomSpec(seed=7, subject_id="Ref", n_tumours=0))
+    nodes = mrml.add_subject(subject)
+    lesion = np.zeros(subject.shape, np.uint8)
+    lesion[118:123, 100:105, 70:73] = 1  # a painted 5 mm lesion inside the brain
+    painted = mrml.segmentation_from_labels(lesion, nodes.reference, "lesion")
+    params = synth.SynthParameters(reference_volume=nodes.volumes["t2f"], lesion_segmentation=painted, seed=3)
+    with pytest.raises(Exception, match="brainldm train synthesis"):
+        synth.synthesize_in_scene(params)  # no model given and none shipped
+    bundle = untrained_synthesis_bundle(tmp_path / "bundle")
+    from brainldm.synth.generate import SynthSettings
+
+    out = synth.synthesize_in_scene(params, model=bundle, settings=SynthSettings(steps=2, seed=3))
+    assert set(out.volumes) == set(SEQUENCES) and out.volumes["t2f"].GetName().startswith("Ref-synth")
+    labels = mrml.labels_from_segmentation(out.segmentation, out.reference) > 0
+    assert np.array_equal(labels, lesion > 0)
+    before, after = mrml.volume_array(nodes.volumes["t2f"]), mrml.volume_array(out.volumes["t2f"])
+    changed = before != after
+    assert changed[lesion > 0].any() and not changed[:, :, :60].any()  # only slices with the lesion change

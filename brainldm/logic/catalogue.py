@@ -34,6 +34,7 @@ CATALOGUE_VERSION = 1
 #: What ``bundle.json`` of a model bundle declares as its format (see brainldm.nets.bundle).
 _BUNDLE_FORMAT = "brainldm-model-bundle"
 _BUNDLE_FILE = "bundle.json"
+_SYNTHESIS_FORMAT = "brainldm-synthesis-bundle"  # brainldm.nets.synthesis_bundle
 
 
 @dataclass
@@ -124,6 +125,36 @@ def shipped_model_dirs(extra_dirs: tuple[str | Path, ...] | list[str | Path] = (
     return found
 
 
+def _is_synthesis_bundle(folder: Path) -> bool:
+    try:
+        return json.loads((folder / _BUNDLE_FILE).read_text(encoding="utf-8")).get("format") == _SYNTHESIS_FORMAT
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
+def find_synthesis_model(extra_dirs: tuple[str | Path, ...] | list[str | Path] = ()) -> Path | None:
+    """A lesion synthesis bundle shipped in the model folders, or None (none is shipped yet)."""
+    for root in shipped_model_dirs(extra_dirs):
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            if _is_synthesis_bundle(folder):
+                return folder.resolve()
+    return None
+
+
+def resolve_synthesis_model(model: str | Path | None = None, extra_dirs=()) -> Path:
+    """The synthesis bundle to use: ``model``, else a shipped one; a :class:`ModelBundleError` saying
+    how to train one when there is none."""
+    if model is not None and str(model).strip():
+        return Path(model).expanduser()
+    found = find_synthesis_model(extra_dirs)
+    if found is None:
+        raise ModelBundleError(
+            "No lesion synthesis model is available (none is shipped with BrainLDM yet): train one with "
+            "'brainldm train synthesis --config synth-2d --data SUBJECTS --out RUN' (phantoms work: 'brainldm "
+            "phantom --out SUBJECTS --count 24'), then pass --model RUN/bundle.")
+    return found
+
+
 # ---------------------------------------------------------------------------------------------
 # reading bundle descriptions and the catalogue file
 # ---------------------------------------------------------------------------------------------
@@ -162,8 +193,8 @@ def _shipped_entries(extra_dirs) -> list[ModelEntry]:
     entries: list[ModelEntry] = []
     for root in shipped_model_dirs(extra_dirs):
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-            if not (folder / _BUNDLE_FILE).exists():
-                continue
+            if not (folder / _BUNDLE_FILE).exists() or _is_synthesis_bundle(folder):
+                continue  # lesion synthesis models are listed by find_synthesis_model
             data, problem = _read_bundle_json(folder)
             entries.append(ModelEntry(
                 model_id=str(data.get("model_id") or folder.name), path=folder.resolve(), source="shipped",

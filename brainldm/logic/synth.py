@@ -1,19 +1,25 @@
-"""The BrainLDMSynth use case on an MRML scene (scaffolding: phantoms now, synthesis later).
+"""The BrainLDMSynth use case on an MRML scene: phantoms, and lesion synthesis with a synthesis model.
 
 * :func:`make_phantom_in_scene` makes a realistic phantom subject (``brainldm.data.phantom``)
   with a tumour of a chosen in-plane diameter, optionally centred on a point picked in the
   views, and shows it (four volumes and the exact label map as a segmentation).
-* Lesion synthesis into a real brain (thesis §4.3) needs a mask-conditioned model that does
-  not exist yet; :func:`synthesis_status` says so and the module keeps its Synthesize button
-  disabled with that reason instead of pretending.
+* :func:`synthesize_in_scene` synthesises the painted lesion (thesis §4.3) into the subject shown
+  in the scene with a lesion synthesis bundle (``brainldm train synthesis``) and adds the
+  synthetic subject (four volumes and the lesion as a segmentation) to the scene.
+* No synthesis model is shipped yet: without one given, :func:`synthesis_status` reports
+  "synthesis model not yet available" and the module keeps its Synthesize button disabled with
+  that reason instead of pretending; :func:`brainldm.logic.catalogue.find_synthesis_model` picks
+  up a synthesis bundle once one is shipped in the model folders.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from brainldm.data.sequences import SEQUENCES
 from brainldm.errors import SettingsError
 from brainldm.logic import mrml
 
@@ -39,9 +45,74 @@ class SynthesisStatus:
     reason: str
 
 
-def synthesis_status() -> SynthesisStatus:
-    """Whether lesion synthesis can run (a synthesis model and its logic exist)."""
-    return SynthesisStatus(False, "synthesis model not yet available")
+#: The reason shown while no synthesis model exists.
+UNAVAILABLE = "synthesis model not yet available"
+
+
+def synthesis_status(model: str | Path | None = None) -> SynthesisStatus:
+    """Whether lesion synthesis can run: with ``model`` (a synthesis bundle folder) when it is a
+    valid bundle, without one when a synthesis model is shipped."""
+    from brainldm.errors import BrainLDMError
+    from brainldm.logic.catalogue import find_synthesis_model
+
+    if model is None or not str(model).strip():
+        found = find_synthesis_model()
+        if found is None:
+            return SynthesisStatus(False, UNAVAILABLE)
+        model = found
+    try:
+        from brainldm.nets.synthesis_bundle import SynthesisBundle
+
+        description = SynthesisBundle.read_description(model)
+    except BrainLDMError as error:
+        return SynthesisStatus(False, str(error))
+    return SynthesisStatus(True, f"synthesis model {description['model_id']}")
+
+
+def synthesize_in_scene(params: SynthParameters, scene=None, model: str | Path | None = None, settings=None,
+                        progress=None, cancel=None) -> mrml.SubjectNodes:
+    """Synthesise the painted lesion into the subject of ``params.reference_volume`` (thesis §4.3).
+
+    The subject's four sequences are the scene's volumes named like the reference volume with the
+    sequence suffixes (``<name>-t1n`` ... as :func:`brainldm.logic.mrml.add_subject` names them);
+    the lesion is every painted voxel of ``params.lesion_segmentation``. The synthetic subject is
+    added as new nodes ``<name>-synth-<seq>`` plus its lesion segmentation. ``model`` is a
+    synthesis bundle (default: a shipped one; an error saying how to train one when there is none).
+    """
+    from brainldm.errors import InputDataError
+    from brainldm.logic.catalogue import resolve_synthesis_model
+    from brainldm.synth.generate import SynthSettings
+    from brainldm.synth.subjects import load_synthesis_model, synthesise_subject
+
+    scene = mrml.get_scene(scene)
+    bundle = load_synthesis_model(resolve_synthesis_model(model))
+    reference = params.reference_volume
+    if reference is None:
+        raise InputDataError("Choose the reference volume (a sequence of the subject to synthesise into).")
+    if params.lesion_segmentation is None:
+        raise InputDataError("Paint the lesion first (a segmentation on the reference volume).")
+    prefix = reference.GetName().rsplit("-", 1)[0]
+    volumes = {}
+    for seq in SEQUENCES:
+        nodes = [n for n in _volume_nodes(scene) if n.GetName() == f"{prefix}-{seq}"]
+        if not nodes:
+            raise InputDataError(f"The scene has no volume {prefix}-{seq}: synthesis needs all four sequences of the "
+                                 "subject (load the subject folder or make a phantom).")
+        volumes[seq] = nodes[-1]
+    subject = mrml.subject_from_volume_nodes(volumes, subject_id=prefix)
+    labels = mrml.labels_from_segmentation(params.lesion_segmentation, volumes[SEQUENCES[0]])
+    lesion = mrml.from_source_grid(labels, subject)
+    if not (lesion > 0).any():
+        raise InputDataError("The lesion segmentation is empty: paint the lesion first.")
+    settings = settings or SynthSettings(seed=params.seed)
+    result = synthesise_subject(subject, lesion, bundle, settings, subject_id=f"{prefix}-synth", progress=progress,
+                                cancel=cancel)
+    return mrml.add_subject(result.subject, scene=scene)
+
+
+def _volume_nodes(scene) -> list:
+    collection = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+    return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
 
 
 def point_to_phantom_voxel(point_ras, anatomy: str = "mni152") -> tuple[int, int, int]:

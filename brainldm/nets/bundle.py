@@ -247,6 +247,9 @@ class ModelBundle:
         except (OSError, UnicodeDecodeError, ValueError) as error:
             raise ModelBundleError(f"{path} is unreadable or not valid JSON ({error}); the bundle is corrupt - "
                                    "export or download it again.") from error
+        if isinstance(description, dict) and description.get("format") == "brainldm-synthesis-bundle":
+            raise ModelBundleError(f"{folder} is a lesion synthesis model bundle, not a detection model; use it with "
+                                   "'brainldm synth' or choose a detection model.")
         if not isinstance(description, dict) or description.get("format") != BUNDLE_FORMAT:
             raise ModelBundleError(f"{path} does not describe a BrainLDM model bundle.")
         version = description.get("format_version")

@@ -467,8 +467,136 @@ class DiscriminatorConfig:
         return _from_dict(cls, data)
 
 
+# --------------------------------------------------------------------------- lesion synthesis
+
+SynthesisMechanism = Literal["concat", "structural"]
+
+#: The thesis's names of the two conditioning mechanisms that work (Table 4.1): G3 and its wider
+#: variant G3wide concatenate the mask latent to the noisy image latent; G4 adds a trainable
+#: structural encoder beside a frozen pretrained denoiser.
+THESIS_CONFIGURATIONS: dict[str, SynthesisMechanism] = {"G3": "concat", "G3wide": "concat", "G4": "structural"}
+
+
+@dataclass
+class ConditioningConfig:
+    """How the lesion-mask latent conditions the synthesis denoiser (thesis §4.3.3, Table 4.1).
+
+    Attributes
+    ----------
+    mechanism:
+        ``"concat"`` (configurations G3 and G3wide): the scaled latent of the two-channel
+        (brain, lesion) mask, encoded by its own KL autoencoder, is concatenated to the noisy
+        image latent as extra input channels (``DenoiserConfig.condition_channels``).
+        ``"structural"`` (G4): a trainable copy of the denoiser's encoder (ControlNet, Zhang et
+        al. 2023) reads the noisy latent plus the mask latent and adds its features, through
+        zero-initialised 1x1 convolutions, to every skip connection and the middle block of a
+        frozen pretrained denoiser.
+    mask_latent_channels:
+        Channels of the mask autoencoder's latent (embedding dimension 4 in Table B.4).
+    embedding_channels:
+        ``"structural"`` only: channels of the convolution that embeds the mask latent before
+        its zero-initialised projection onto the encoder's first features (MONAI's
+        ``ControlNetConditioningEmbedding`` with one level: the mask latent already has the
+        image latent's resolution, so nothing is downsampled).
+    conditioning_scale:
+        ``"structural"`` only: factor on the injected features (1 = as trained).
+    variant:
+        Free label for model cards and reports, e.g. ``"G3"``, ``"G3wide"``, ``"G4"``.
+    """
+
+    mechanism: SynthesisMechanism = "concat"
+    mask_latent_channels: int = 4
+    embedding_channels: int = 32
+    conditioning_scale: float = 1.0
+    variant: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in ("concat", "structural"):
+            raise SettingsError(
+                f"The conditioning mechanism must be 'concat' (G3/G3wide) or 'structural' (G4), got {self.mechanism!r}."
+            )
+        if self.mask_latent_channels <= 0 or self.embedding_channels <= 0:
+            raise SettingsError("mask_latent_channels and embedding_channels must be positive.")
+        if not self.conditioning_scale >= 0.0:
+            raise SettingsError(f"conditioning_scale must be >= 0, got {self.conditioning_scale}.")
+
+    @property
+    def label(self) -> str:
+        """``variant`` when it fits the mechanism, else the thesis name of the mechanism (G3 / G4)."""
+        fits = THESIS_CONFIGURATIONS.get(self.variant, self.mechanism) == self.mechanism
+        return self.variant if self.variant and fits else ("G3" if self.mechanism == "concat" else "G4")
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConditioningConfig:
+        return _from_dict(cls, data)
+
+
+def thesis_mask_kl_2d() -> AutoencoderConfig:
+    """Mask autoencoder of Table B.4 ("KL-AE"): two input channels (brain, lesion), hidden 64,
+    channel factor (1, 2, 4) -> compression 4 like the image autoencoder (Table B.3), one
+    residual block, embedding dimension 4. Attention is not stated for the mask model; off."""
+    return AutoencoderConfig(
+        kind="kl",
+        spatial_dims=2,
+        in_channels=2,
+        latent_channels=4,
+        channels=_hidden_times(64, (1, 2, 4)),
+        num_res_blocks=1,
+        attention=False,
+        norm_num_groups=32,
+    )
+
+
+def cpu_mask_kl_2d() -> AutoencoderConfig:
+    """Fast 2D mask autoencoder for CPU: the strided layout of :func:`cpu_kl_2d` with channels
+    (16, 32), two input channels, latent 4, compression 4."""
+    return AutoencoderConfig(
+        kind="kl",
+        spatial_dims=2,
+        in_channels=2,
+        latent_channels=4,
+        channels=(16, 32),
+        num_res_blocks=1,
+        full_resolution_level=False,
+        attention=False,
+    )
+
+
+def thesis_synthesis_2d(variant: str = "G4", latent_size: int = 64) -> DenoiserConfig:
+    """The synthesis denoisers of Table B.1 on 256^2 slices (64^2 latents, compression 4).
+
+    ``"G3"``: hidden 320, channel factor (1, 2, 3, 4); ``"G3wide"``: hidden 256, channel
+    factor (1, 2, 4, 8); both with the 4-channel mask latent concatenated to the input.
+    ``"G4"``: hidden 256, channel factor (1, 2, 3, 4) - the frozen backbone (the 2D detection
+    denoiser, Table B.7), no extra input channels. All: attention at 32, 16 and 8, two residual
+    blocks, 64 channels per head.
+    """
+    hidden, factors = {"G3": (320, (1, 2, 3, 4)), "G3wide": (256, (1, 2, 4, 8)), "G4": (256, (1, 2, 3, 4))}.get(
+        variant, (None, None))
+    if hidden is None:
+        raise SettingsError(f"Unknown thesis synthesis configuration {variant!r}; choose G3, G3wide or G4.")
+    channels = _hidden_times(hidden, factors)
+    return DenoiserConfig(
+        spatial_dims=2,
+        latent_channels=4,
+        channels=channels,
+        attention_levels=attention_levels_for(latent_size, len(channels), (32, 16, 8)),
+        mid_attention=True,
+        num_res_blocks=2,
+        num_head_channels=64,
+        norm_num_groups=32,
+        position_embedding="none",
+        condition_channels=0 if THESIS_CONFIGURATIONS[variant] == "structural" else 4,
+    )
+
+
 __all__ = [
+    "THESIS_CONFIGURATIONS",
     "AutoencoderConfig",
+    "ConditioningConfig",
     "DenoiserConfig",
     "DiscriminatorConfig",
     "attention_levels_for",
@@ -477,8 +605,11 @@ __all__ = [
     "cpu_3d",
     "cpu_kl_2d",
     "cpu_kl_3d",
+    "cpu_mask_kl_2d",
     "thesis_2d",
     "thesis_3d",
     "thesis_kl_2d",
+    "thesis_mask_kl_2d",
+    "thesis_synthesis_2d",
     "thesis_vq_3d",
 ]

@@ -10,6 +10,8 @@ Public entry points (imported lazily, so ``import brainldm.train`` stays cheap):
                       autoencoder=None, gpus=1)       -> BackgroundRun
     runs_status(run_dir) -> RunStatus;  list_runs(folder);  stop_run(run_dir, wait=0)
     export_bundle(runs, out, model_id=None, ...)     -> Path of the bundle folder
+    train_synthesis(config, data_dir, run_dir, resume=False, init=None, autoencoder=None, overrides=())
+    export_synthesis_bundle(run, out)                 -> Path of the synthesis bundle folder
 
 Run folders are described in :mod:`brainldm.train.rundir`; multi-GPU / multi-node use
 (torchrun, SLURM) in :mod:`brainldm.train.distributed`.
@@ -36,6 +38,8 @@ _EXPORTS = {
     "RunDir": "brainldm.train.rundir",
     "RunStatus": "brainldm.train.rundir",
     "export_bundle": "brainldm.train.export",
+    "train_synthesis": "brainldm.train.synthesis",
+    "export_synthesis_bundle": "brainldm.train.synthesis",
 }
 
 __all__ = list(_EXPORTS)

@@ -141,6 +141,10 @@ class AutoencoderTrainer(StageTrainer):
                 "preprocess": self.config.preprocess.to_dict()}
 
     # ------------------------------------------------------------------ step
+    def pixel_loss(self, reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """The reconstruction term of the loss (logged as ``l1``): mean absolute error."""
+        return (reconstruction - images).abs().mean()
+
     def train_step(self) -> dict[str, float]:
         s = self.settings
         self.autoencoder.train()
@@ -152,7 +156,7 @@ class AutoencoderTrainer(StageTrainer):
         with self.autocast():
             output = self.model(images)
         reconstruction = output.reconstruction.float()
-        l1 = (reconstruction - images).abs().mean()
+        l1 = self.pixel_loss(reconstruction, images)
         regularisation = output.regularisation_loss.float()
         reg_weight = s.kl_weight if s.model.kind == "kl" else s.vq_weight
         loss = l1 + reg_weight * regularisation

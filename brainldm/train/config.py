@@ -17,9 +17,14 @@ one section per stage::
       model: {channels: [32, 64, 64], position_embedding: coords, ...}
       schedule: {kind: linear, num_train_timesteps: 1000, ...}
       ...
+    synthesis:                                        # SynthesisSettings, only in synthesis presets
+      conditioning: {mechanism: concat, ...}          # brainldm.nets.config.ConditioningConfig
+      mask_autoencoder: {model: {in_channels: 2, ...}, lesion_weight: 10, ...}
+      denoiser: {model: {condition_channels: 4, ...}, ...}
 
 Presets live in ``brainldm/presets/<name>.yaml`` (package data): ``thesis-3d``,
-``thesis-2d``, ``cpu-small`` and ``default``. A preset or file may start with
+``thesis-2d``, ``cpu-small``, ``default``, ``tiny`` and the lesion synthesis presets
+``synth-2d``, ``thesis-synth-2d``, ``thesis-synth-2d-g3wide`` and ``tiny-synth``. A preset or file may start with
 ``extends: <preset>`` to inherit another preset and change only some keys.
 :func:`load_config` accepts a preset name, a YAML path or a dict, plus ``key=value``
 overrides (``--set autoencoder.lr=3e-5``). Unknown keys raise
@@ -39,7 +44,13 @@ from brainldm.data.preprocess import PreprocessConfig
 from brainldm.data.split import SplitConfig
 from brainldm.diffusion.schedule import ScheduleConfig
 from brainldm.errors import SettingsError
-from brainldm.nets.config import AutoencoderConfig, DenoiserConfig, DiscriminatorConfig
+from brainldm.nets.config import (
+    AutoencoderConfig,
+    ConditioningConfig,
+    DenoiserConfig,
+    DiscriminatorConfig,
+    cpu_mask_kl_2d,
+)
 from brainldm.train.settings import (
     apply_overrides,
     deep_merge,
@@ -184,6 +195,123 @@ class DenoiserStage(StageSettings):
 
 
 @dataclass
+class MaskAutoencoderStage(AutoencoderStage):
+    """Training of the mask autoencoder of lesion synthesis (thesis §4.3.3, Table B.4).
+
+    It reconstructs the two-channel one-hot (brain, lesion) conditioning mask
+    (:func:`brainldm.synth.lesions.conditioning_mask`) of training slices or patches. The thesis
+    trains it like the image autoencoder (L1 pixel loss, optional patch discriminator) and notes
+    small errors at lesion borders; as small lesions must survive the encoding (§4.3.3: that is why
+    the mask gets its own first stage), BrainLDM adds two things the thesis does not state:
+
+    * ``lesion_weight``: the L1 error of lesion voxels (where either the mask or the reconstruction
+      marks lesion) counts ``lesion_weight`` times - a 5 mm lesion covers ~20 of ~30 000 voxels of
+      a slice and would otherwise barely move the loss;
+    * ``small_lesion_fraction``: that fraction of training masks gets a real training lesion
+      resized to a random diameter in ``small_lesion_diameters`` (mm) placed in the brain instead
+      of its own lesion (:func:`brainldm.synth.lesions.resize_lesion`), so small lesions are seen
+      often.
+
+    ``lesion_fraction`` of the training slices (patches in 3D) hold a lesion, the rest only brain.
+    """
+
+    model: AutoencoderConfig = field(default_factory=cpu_mask_kl_2d)
+    patch_size: tuple[int, ...] = (192, 192)
+    lesion_weight: float = 10.0
+    lesion_fraction: float = 0.5
+    small_lesion_fraction: float = 0.25
+    small_lesion_diameters: tuple[float, float] = (3.0, 20.0)
+
+    def validate(self) -> None:
+        section = "synthesis.mask_autoencoder"
+        self.validate_common(section, self.model.spatial_dims)
+        c = self.model.compression
+        if any(s % c for s in self.patch_size):
+            raise SettingsError(f"{section}.patch_size {list(self.patch_size)} must be a multiple of the compression "
+                                f"{c} in every axis.")
+        if self.model.in_channels != 2:
+            raise SettingsError(f"{section}.model.in_channels must be 2 (brain and lesion channels), got "
+                                f"{self.model.in_channels}.")
+        if self.model.kind != "kl":
+            raise SettingsError(f"{section}.model.kind must be 'kl': the thesis encodes masks with a KL autoencoder.")
+        if self.kl_weight < 0 or self.adversarial.weight < 0 or self.lesion_weight < 0:
+            raise SettingsError(f"{section}: loss weights must be >= 0.")
+        if not 0.0 <= self.lesion_fraction <= 1.0 or not 0.0 <= self.small_lesion_fraction <= 1.0:
+            raise SettingsError(f"{section}.lesion_fraction and small_lesion_fraction must be in [0, 1].")
+        low, high = self.small_lesion_diameters
+        if not 0 < low <= high:
+            raise SettingsError(f"{section}.small_lesion_diameters must be [low, high] mm with 0 < low <= high.")
+
+
+@dataclass
+class SynthesisDenoiserStage(DenoiserStage):
+    """Training of the lesion-mask conditioned denoiser (G3/G3wide) or of the structural encoder
+    beside a frozen denoiser (G4). ``model`` is the conditioned denoiser for ``concat`` and the
+    frozen backbone's architecture for ``structural`` (replaced by the backbone actually used).
+    ``mask_latent_scale`` null = 1 / std of the training mask latents. ``label_dropout`` is the
+    classifier-free dropout of the healthy / diseased label (the mask stays)."""
+
+    model: DenoiserConfig = field(default_factory=lambda: DenoiserConfig(spatial_dims=2, condition_channels=4,
+                                                                         position_embedding="none"))
+    patch_size: tuple[int, ...] = (192, 192)
+    mask_latent_scale: float | None = None
+
+    def validate_synthesis(self, autoencoder: AutoencoderConfig, conditioning: ConditioningConfig) -> None:
+        section = "synthesis.denoiser"
+        self.validate_common(section, self.model.spatial_dims)
+        self.schedule.validate()
+        if self.model.spatial_dims != autoencoder.spatial_dims or self.model.latent_channels != autoencoder.latent_channels:
+            raise SettingsError(f"{section}.model (spatial_dims {self.model.spatial_dims}, latent_channels "
+                                f"{self.model.latent_channels}) must fit the image autoencoder (spatial_dims "
+                                f"{autoencoder.spatial_dims}, latent_channels {autoencoder.latent_channels}).")
+        c = autoencoder.compression
+        if any(s % c for s in self.patch_size):
+            raise SettingsError(f"{section}.patch_size {list(self.patch_size)} must be a multiple of the compression {c}.")
+        m = self.model.size_multiple
+        if any((s // c) % m for s in self.patch_size):
+            raise SettingsError(f"The latent patch {[s // c for s in self.patch_size]} (= {section}.patch_size / {c}) "
+                                f"must be a multiple of {m} (the denoiser's {len(self.model.channels)} levels).")
+        wanted = conditioning.mask_latent_channels if conditioning.mechanism == "concat" else 0
+        if self.model.condition_channels != wanted:
+            raise SettingsError(
+                f"{section}.model.condition_channels must be {wanted} for the '{conditioning.mechanism}' mechanism "
+                + ("(the mask latent's channels are concatenated)." if wanted else
+                   "(the structural encoder feeds the mask to a denoiser without extra input channels)."))
+        if not 0.0 <= self.label_dropout <= 1.0 or not 0.0 <= self.diseased_fraction <= 1.0:
+            raise SettingsError(f"{section}.label_dropout and diseased_fraction must be in [0, 1].")
+        for name in ("latent_scale", "mask_latent_scale"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise SettingsError(f"{section}.{name} must be positive (or null), got {value}.")
+
+
+@dataclass
+class SynthesisSettings:
+    """The lesion synthesis models (``brainldm train synthesis``, thesis §4.3): the mask
+    autoencoder, then the mask-conditioned denoiser (``conditioning.mechanism: concat``, G3/G3wide)
+    or the structural encoder beside a frozen denoiser (``structural``, G4; the frozen denoiser is
+    the ``denoiser`` section's model, trained first or taken from ``--init BUNDLE``). The image
+    autoencoder is the ``autoencoder`` section's."""
+
+    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
+    mask_autoencoder: MaskAutoencoderStage = field(default_factory=MaskAutoencoderStage)
+    denoiser: SynthesisDenoiserStage = field(default_factory=SynthesisDenoiserStage)
+
+    def validate(self, autoencoder: AutoencoderConfig) -> None:
+        self.mask_autoencoder.validate()
+        mask = self.mask_autoencoder.model
+        if mask.spatial_dims != autoencoder.spatial_dims or mask.compression != autoencoder.compression:
+            raise SettingsError(
+                f"The mask autoencoder ({mask.spatial_dims}D, compression {mask.compression}) must match the image "
+                f"autoencoder ({autoencoder.spatial_dims}D, compression {autoencoder.compression}) so that both "
+                "latents share one grid; change synthesis.mask_autoencoder.model.channels.")
+        if mask.latent_channels != self.conditioning.mask_latent_channels:
+            raise SettingsError(f"synthesis.conditioning.mask_latent_channels ({self.conditioning.mask_latent_channels}) "
+                                f"must equal synthesis.mask_autoencoder.model.latent_channels ({mask.latent_channels}).")
+        self.denoiser.validate_synthesis(autoencoder, self.conditioning)
+
+
+@dataclass
 class TrainingConfig:
     """Everything that defines a training run (saved as ``<run>/config.yaml``).
 
@@ -210,10 +338,13 @@ class TrainingConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     autoencoder: AutoencoderStage = field(default_factory=AutoencoderStage)
     denoiser: DenoiserStage = field(default_factory=DenoiserStage)
+    synthesis: SynthesisSettings | None = None
 
     def validate(self) -> TrainingConfig:
         self.autoencoder.validate()
         self.denoiser.validate(self.autoencoder.model)
+        if self.synthesis is not None:
+            self.synthesis.validate(self.autoencoder.model)
         if self.precision == "fp16" and not self.device.startswith("cuda") and self.device != "auto":
             raise SettingsError("precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU.")
         return self

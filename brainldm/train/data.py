@@ -344,8 +344,11 @@ def _block_any(mask: np.ndarray, factors: Sequence[int]) -> np.ndarray:
 
 @torch.no_grad()
 def encode_record(autoencoder, record: VolumeRecord, patch_size: Sequence[int], device: torch.device,
-                  flip: bool = False, slice_batch: int = 16) -> LatentRecord:
-    """Encode one subject with the frozen first stage (deterministic: posterior mean / quantised)."""
+                  flip: bool = False, slice_batch: int = 16, fill: float = -1.0) -> LatentRecord:
+    """Encode one subject with the frozen first stage (deterministic: posterior mean / quantised).
+
+    ``record.images`` may be any channels the first stage takes (e.g. the two-channel lesion
+    conditioning mask); padding uses ``fill`` (-1 = image background, 0 for masks)."""
     c = int(autoencoder.compression)
     spatial_dims = len(patch_size)
     images = np.array(record.images, dtype=np.float32)  # a writable copy (records may be memory-mapped)
@@ -356,7 +359,7 @@ def encode_record(autoencoder, record: VolumeRecord, patch_size: Sequence[int], 
         tumour = None if tumour is None else tumour[::-1]
     # Pad so the volume is at least one patch and a multiple of the compression.
     minimum = [max(int(p), -(-s // c) * c) for p, s in zip(patch_size, images.shape[1:1 + spatial_dims])]
-    images = _pad_to(images, minimum, -1.0) if spatial_dims == 3 else _pad_to_2d(images, minimum, -1.0)
+    images = _pad_to(images, minimum, fill) if spatial_dims == 3 else _pad_to_2d(images, minimum, fill)
     mask = _pad_to(mask, minimum, False) if spatial_dims == 3 else _pad_to_2d(mask, minimum, False)
     if tumour is not None:
         tumour = _pad_to(tumour, minimum, False) if spatial_dims == 3 else _pad_to_2d(tumour, minimum, False)

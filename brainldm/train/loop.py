@@ -198,6 +198,11 @@ class StageTrainer:
     def extra_state(self) -> dict[str, Any]:
         return {}
 
+    def model_settings(self, config: dict[str, Any]) -> dict[str, Any] | None:
+        """The network settings of this stage in a configuration dict (a resumed run must not change them)."""
+        section = config.get(self.stage)
+        return section.get("model") if isinstance(section, dict) else None
+
     def load_extra_state(self, extra: dict[str, Any]) -> None:
         pass
 
@@ -350,9 +355,9 @@ class StageTrainer:
         if state.get("stage") != self.stage:
             raise BrainLDMError(f"{path} is a {state.get('stage')} checkpoint, not a {self.stage} one; "
                                 "use a run folder of this stage.")
-        saved_model = state.get("config", {}).get(self.stage, {}).get("model")
-        current_model = self.config.to_dict()[self.stage]["model"]
-        if saved_model is not None and saved_model != current_model:
+        saved_model = self.model_settings(state.get("config") or {})
+        current_model = self.model_settings(self.config.to_dict())
+        if saved_model is not None and current_model is not None and saved_model != current_model:
             changed = sorted(k for k in set(saved_model) | set(current_model)
                              if saved_model.get(k) != current_model.get(k))
             raise SettingsError(

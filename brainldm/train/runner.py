@@ -9,9 +9,10 @@ SLURM examples), and what can be run by hand::
         --set autoencoder.batch_size=4 --resume
     python -m brainldm.train.runner --stage denoiser --data BraTS2023/ --run-dir runs/ldm --autoencoder runs/ae
 
-Stages: ``autoencoder``, ``denoiser`` (needs ``--autoencoder`` or ``--init BUNDLE``) and
+Stages: ``autoencoder``, ``denoiser`` (needs ``--autoencoder`` or ``--init BUNDLE``),
 ``all`` (first stage in ``<run>/autoencoder``, denoiser in ``<run>/denoiser``, then a model
-bundle in ``<run>/bundle``). Exit status: 0 finished or stopped, 2 user error (message in
+bundle in ``<run>/bundle``) and ``synthesis`` (the lesion synthesis models of
+:mod:`brainldm.train.synthesis`, then a synthesis bundle in ``<run>/bundle``). Exit status: 0 finished or stopped, 2 user error (message in
 the log), 1 unexpected error (traceback in the log).
 """
 
@@ -144,7 +145,7 @@ def train_all(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m brainldm.train.runner",
                                      description="Run one BrainLDM training stage (foreground).")
-    parser.add_argument("--stage", choices=["autoencoder", "denoiser", "all"], required=True)
+    parser.add_argument("--stage", choices=["autoencoder", "denoiser", "all", "synthesis"], required=True)
     parser.add_argument("--run-dir", "--run", dest="run", type=Path, required=True,
                         help="run folder (created if needed); spell it --run-dir under torchrun")
     parser.add_argument("--data", type=Path, help="folder with the training subjects")
@@ -178,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
                 result = train_denoiser(args.config, args.data, args.run, autoencoder=args.autoencoder,
                                         resume=args.resume, init=args.init, overrides=args.overrides,
                                         show_progress=show_progress)
+            elif args.stage == "synthesis":
+                from brainldm.train.synthesis import train_synthesis
+
+                result = train_synthesis(args.config, args.data, args.run, resume=args.resume, init=args.init,
+                                         autoencoder=args.autoencoder, overrides=args.overrides,
+                                         show_progress=show_progress)
             else:
                 result = train_all(args.config, args.data, args.run, resume=args.resume, init=args.init,
                                    overrides=args.overrides, show_progress=show_progress)

@@ -119,3 +119,46 @@ def tiny_overrides(max_steps: int = 10, every: int = 5) -> list[str]:
         "denoiser.val_patches=8",
         "denoiser.max_minutes=0",
     ]
+
+
+def untrained_synthesis_bundle(folder: str | Path, mechanism: str = "concat", seed: int = 0,
+                               preprocess=None) -> Path:
+    """Write a lesion synthesis bundle with tiny, randomly initialised 2D networks (compression 4):
+    for exercising the synthesis code paths (shapes, files, scene logic) without training. Its
+    output is noise, not tumours. The denoiser's zero-initialised output layer is randomised too, so
+    sampling does move the latent."""
+    import torch
+
+    from brainldm.data.preprocess import PreprocessConfig
+    from brainldm.diffusion.schedule import ScheduleConfig
+    from brainldm.nets.autoencoder import build_autoencoder
+    from brainldm.nets.conditioning import build_conditioned_denoiser
+    from brainldm.nets.config import (
+        AutoencoderConfig,
+        ConditioningConfig,
+        DenoiserConfig,
+    )
+    from brainldm.nets.synthesis_bundle import SynthesisBundle
+
+    torch.manual_seed(seed)
+    image = AutoencoderConfig(kind="kl", spatial_dims=2, in_channels=4, latent_channels=4, channels=(8, 16),
+                              full_resolution_level=False)
+    mask = AutoencoderConfig(kind="kl", spatial_dims=2, in_channels=2, latent_channels=4, channels=(8, 16),
+                             full_resolution_level=False)
+    conditioning = ConditioningConfig(mechanism=mechanism, embedding_channels=8)
+    denoiser = DenoiserConfig(spatial_dims=2, channels=(8, 16), attention_levels=(False, False), norm_num_groups=8,
+                              num_head_channels=8, position_embedding="none",
+                              condition_channels=4 if mechanism == "concat" else 0)
+    model = build_conditioned_denoiser(denoiser, conditioning)
+    with torch.no_grad():
+        for parameter in model.denoiser.out.parameters():
+            parameter.normal_(0.0, 0.02)
+    bundle = SynthesisBundle(
+        autoencoder=build_autoencoder(image), mask_autoencoder=build_autoencoder(mask), model=model,
+        autoencoder_config=image, mask_autoencoder_config=mask, denoiser_config=denoiser,
+        conditioning_config=conditioning, preprocess_config=preprocess or PreprocessConfig(),
+        latent_scale=1.0, mask_latent_scale=1.0, schedule_config=ScheduleConfig().to_dict(),
+        model_id=f"untrained-synthesis-{mechanism}", patch_size=(64, 64), inference={"steps": 5},
+        training={"note": "untrained: random weights, for tests only"},
+    )
+    return bundle.save(folder, overwrite=True)

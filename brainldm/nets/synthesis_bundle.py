@@ -1,0 +1,320 @@
+"""Synthesis model bundles: one folder holding everything lesion synthesis (thesis §4.3) needs.
+
+Layout (the same rules as the detection bundles of :mod:`brainldm.nets.bundle`)::
+
+    <bundle>/
+      bundle.json              format "brainldm-synthesis-bundle" + version, model id, the
+                               configs of the image autoencoder, the mask autoencoder, the
+                               denoiser and the conditioning (mechanism G3/G3wide = "concat",
+                               G4 = "structural"), preprocessing, both latent scales, noise
+                               schedule, training patch size, recommended inference settings,
+                               training summary, SHA-256 and size of each weight file
+      autoencoder.pt           image first stage (4 sequences)
+      mask_autoencoder.pt      mask first stage (2 channels: brain, lesion)
+      denoiser.pt              the conditioned denoiser (concat) or the frozen backbone (structural)
+      structural_encoder.pt    structural only: the trained structural encoder
+      MODEL_CARD.md
+
+:meth:`SynthesisBundle.load` checks the format, version and every checksum before building the
+networks, and fails with one :class:`~brainldm.errors.ModelBundleError` saying what is wrong. A
+detection bundle given where a synthesis bundle is expected (or the other way round) is named as
+such. Bundles are written by :func:`brainldm.train.synthesis.export_synthesis_bundle`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brainldm.errors import ModelBundleError
+from brainldm.nets.bundle import (
+    BUNDLE_FILE,
+    BUNDLE_FORMAT,
+    MODEL_CARD_FILE,
+    _jsonable,
+    _load_weights,
+    config_from_dict,
+    config_to_dict,
+    sha256_file,
+)
+
+SYNTHESIS_BUNDLE_FORMAT = "brainldm-synthesis-bundle"
+#: Version of the synthesis bundle layout; bump when older readers would misread new bundles.
+SYNTHESIS_BUNDLE_FORMAT_VERSION = 1
+
+AUTOENCODER_FILE = "autoencoder.pt"
+MASK_AUTOENCODER_FILE = "mask_autoencoder.pt"
+DENOISER_FILE = "denoiser.pt"
+ENCODER_FILE = "structural_encoder.pt"
+_DESCRIBED_KEYS = ("format", "format_version", "kind", "model_id", "created", "autoencoder", "mask_autoencoder",
+                   "denoiser", "conditioning", "preprocess", "latent_scale", "mask_latent_scale", "schedule",
+                   "patch_size", "inference", "training", "files")
+_REQUIRED_KEYS = ("model_id", "autoencoder", "mask_autoencoder", "denoiser", "conditioning", "preprocess",
+                  "latent_scale", "mask_latent_scale", "schedule")
+
+#: What to tell a user who has no synthesis model (none is shipped yet).
+HOW_TO_TRAIN = ("train one with 'brainldm train synthesis --config synth-2d --data SUBJECTS --out RUN' "
+                "(phantoms work: 'brainldm phantom --out SUBJECTS --count 24'), then pass --model RUN/bundle")
+
+
+def weight_files(conditioning: dict[str, Any] | Any) -> tuple[str, ...]:
+    mechanism = conditioning.get("mechanism") if isinstance(conditioning, dict) else conditioning.mechanism
+    files = (AUTOENCODER_FILE, MASK_AUTOENCODER_FILE, DENOISER_FILE)
+    return files + (ENCODER_FILE,) if mechanism == "structural" else files
+
+
+@dataclass
+class SynthesisBundle:
+    """The synthesis networks plus everything needed to use them.
+
+    ``model`` is a :class:`~brainldm.nets.conditioning.ConditionedDenoiser` (``model.denoiser``,
+    ``model.encoder``). ``latent_scale`` multiplies image latents, ``mask_latent_scale`` mask
+    latents, before diffusion. ``inference`` holds recommended sampling settings.
+    """
+
+    autoencoder: torch.nn.Module
+    mask_autoencoder: torch.nn.Module
+    model: torch.nn.Module
+    autoencoder_config: Any
+    mask_autoencoder_config: Any
+    denoiser_config: Any
+    conditioning_config: Any
+    preprocess_config: Any
+    latent_scale: float
+    mask_latent_scale: float
+    schedule_config: dict[str, Any]
+    model_id: str
+    patch_size: tuple[int, ...] = ()
+    inference: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    model_card: str = ""
+    format_version: int = SYNTHESIS_BUNDLE_FORMAT_VERSION
+    path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def schedule(self):
+        from brainldm.diffusion.schedule import NoiseSchedule
+
+        return NoiseSchedule.from_config(dict(self.schedule_config))
+
+    @property
+    def compression(self) -> int:
+        return int(getattr(self.autoencoder, "compression", 1))
+
+    @property
+    def spatial_dims(self) -> int:
+        return int(getattr(self.autoencoder_config, "spatial_dims", 2))
+
+    @property
+    def mechanism(self) -> str:
+        return self.conditioning_config.mechanism
+
+    def to(self, device: str | torch.device) -> SynthesisBundle:
+        for module in (self.autoencoder, self.mask_autoencoder, self.model):
+            module.to(device)
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        described = {
+            "format": SYNTHESIS_BUNDLE_FORMAT,
+            "format_version": self.format_version,
+            "kind": "synthesis",
+            "model_id": self.model_id,
+            "created": self.training.get("exported", time.strftime("%Y-%m-%dT%H:%M:%S")),
+            "autoencoder": {"config": config_to_dict(self.autoencoder_config)},
+            "mask_autoencoder": {"config": config_to_dict(self.mask_autoencoder_config)},
+            "denoiser": {"config": config_to_dict(self.denoiser_config)},
+            "conditioning": config_to_dict(self.conditioning_config),
+            "preprocess": config_to_dict(self.preprocess_config),
+            "latent_scale": float(self.latent_scale),
+            "mask_latent_scale": float(self.mask_latent_scale),
+            "schedule": config_to_dict(self.schedule_config),
+            "patch_size": [int(s) for s in self.patch_size],
+            "inference": _jsonable(self.inference),
+            "training": _jsonable(self.training),
+        }
+        for key, value in self.extra.items():
+            described.setdefault(str(key), _jsonable(value))
+        return described
+
+    # ------------------------------------------------------------------ save
+    def save(self, folder: str | os.PathLike[str], overwrite: bool = False) -> Path:
+        """Write the bundle folder (built in a temporary sibling, then moved into place)."""
+        folder = Path(folder).expanduser().resolve()
+        if folder.exists() and any(folder.iterdir()) and not overwrite:
+            raise ModelBundleError(f"{folder} already exists and is not empty; choose another folder or allow "
+                                   "overwriting.")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        modules = {AUTOENCODER_FILE: self.autoencoder, MASK_AUTOENCODER_FILE: self.mask_autoencoder,
+                   DENOISER_FILE: self.model.denoiser}
+        if self.mechanism == "structural":
+            modules[ENCODER_FILE] = self.model.encoder
+        try:
+            for name, module in modules.items():
+                torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, staging / name)
+            (staging / MODEL_CARD_FILE).write_text(self.model_card or f"# {self.model_id}\n", encoding="utf-8")
+            description = self.describe()
+            description["files"] = {name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
+                                    for name in modules}
+            (staging / BUNDLE_FILE).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+            if folder.exists():
+                backup = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+                os.replace(folder, backup)
+                os.replace(staging, folder)
+                shutil.rmtree(backup, ignore_errors=True)
+            else:
+                os.replace(staging, folder)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        self.path = folder
+        return folder
+
+    # ------------------------------------------------------------------ load
+    @staticmethod
+    def read_description(folder: str | os.PathLike[str]) -> dict[str, Any]:
+        """Read and check ``bundle.json`` only (no weights are loaded)."""
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise ModelBundleError(f"Synthesis model folder {folder} does not exist; {HOW_TO_TRAIN}.")
+        path = folder / BUNDLE_FILE
+        if not path.is_file():
+            raise ModelBundleError(f"{folder} is not a BrainLDM synthesis model bundle: {BUNDLE_FILE} is missing.")
+        try:
+            description = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise ModelBundleError(f"{path} is unreadable or not valid JSON ({error}); the bundle is corrupt - "
+                                   "export it again.") from error
+        kind = description.get("format") if isinstance(description, dict) else None
+        if kind == BUNDLE_FORMAT:
+            raise ModelBundleError(f"{folder} is a detection model bundle, not a synthesis model; {HOW_TO_TRAIN}.")
+        if kind != SYNTHESIS_BUNDLE_FORMAT:
+            raise ModelBundleError(f"{path} does not describe a BrainLDM synthesis model bundle.")
+        version = description.get("format_version")
+        if version != SYNTHESIS_BUNDLE_FORMAT_VERSION:
+            raise ModelBundleError(
+                f"The synthesis bundle {folder} has format version {version!r}, but this BrainLDM reads version "
+                f"{SYNTHESIS_BUNDLE_FORMAT_VERSION}. "
+                + ("Update BrainLDM to use it." if isinstance(version, int) and version > SYNTHESIS_BUNDLE_FORMAT_VERSION
+                   else "Export the model again with this BrainLDM version."))
+        for key in _REQUIRED_KEYS:
+            if key not in description:
+                raise ModelBundleError(f"{path} lacks the entry '{key}'; the bundle is incomplete.")
+        return description
+
+    @classmethod
+    def verify(cls, folder: str | os.PathLike[str]) -> dict[str, Any]:
+        """Check bundle.json and the presence, size and SHA-256 of every weight file."""
+        folder = Path(folder).expanduser()
+        description = cls.read_description(folder)
+        files = description.get("files", {})
+        for name in weight_files(description["conditioning"]):
+            path = folder / name
+            if not path.is_file():
+                raise ModelBundleError(f"The synthesis bundle {folder} is incomplete: {name} is missing.")
+            expected = files.get(name, {})
+            size = path.stat().st_size
+            if "bytes" in expected and int(expected["bytes"]) != size:
+                raise ModelBundleError(f"{path} has {size} bytes but the bundle says {expected['bytes']}: the file is "
+                                       "truncated or corrupt. Export or download the bundle again.")
+            if "sha256" in expected and sha256_file(path) != expected["sha256"]:
+                raise ModelBundleError(f"{path} does not match its checksum in {BUNDLE_FILE}: the file is corrupt. "
+                                       "Export or download the bundle again.")
+        return description
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], device: str | torch.device = "cpu",
+             verify: bool = True) -> SynthesisBundle:
+        """Load a synthesis bundle onto ``device`` (networks in eval mode, gradients off)."""
+        from brainldm.data.preprocess import PreprocessConfig
+        from brainldm.nets.autoencoder import build_autoencoder
+        from brainldm.nets.conditioning import build_conditioned_denoiser
+        from brainldm.nets.config import (
+            AutoencoderConfig,
+            ConditioningConfig,
+            DenoiserConfig,
+        )
+
+        folder = Path(folder).expanduser().resolve()
+        description = cls.verify(folder) if verify else cls.read_description(folder)
+        ae_config = config_from_dict(AutoencoderConfig, description["autoencoder"].get("config"), "autoencoder")
+        mask_config = config_from_dict(AutoencoderConfig, description["mask_autoencoder"].get("config"),
+                                       "mask autoencoder")
+        dn_config = config_from_dict(DenoiserConfig, description["denoiser"].get("config"), "denoiser")
+        conditioning = config_from_dict(ConditioningConfig, description["conditioning"], "conditioning")
+        pre_config = config_from_dict(PreprocessConfig, description["preprocess"], "preprocessing")
+        try:
+            latent_scale = float(description["latent_scale"])
+            mask_latent_scale = float(description["mask_latent_scale"])
+        except (TypeError, ValueError) as error:
+            raise ModelBundleError("The synthesis bundle's latent scales are not numbers.") from error
+        try:
+            autoencoder = build_autoencoder(ae_config)
+            mask_autoencoder = build_autoencoder(mask_config)
+            model = build_conditioned_denoiser(dn_config, conditioning)
+        except Exception as error:
+            raise ModelBundleError(f"The networks described by {folder / BUNDLE_FILE} cannot be built with this "
+                                   f"BrainLDM version: {error}") from error
+        _load_weights(autoencoder, folder / AUTOENCODER_FILE, "autoencoder")
+        _load_weights(mask_autoencoder, folder / MASK_AUTOENCODER_FILE, "mask autoencoder")
+        _load_weights(model.denoiser, folder / DENOISER_FILE, "denoiser")
+        if model.encoder is not None:
+            _load_weights(model.encoder, folder / ENCODER_FILE, "structural encoder")
+        for module in (autoencoder, mask_autoencoder, model):
+            module.eval()
+            module.requires_grad_(False)
+            module.to(device)
+        card_path = folder / MODEL_CARD_FILE
+        card = card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else ""
+        return cls(
+            autoencoder=autoencoder,
+            mask_autoencoder=mask_autoencoder,
+            model=model,
+            autoencoder_config=ae_config,
+            mask_autoencoder_config=mask_config,
+            denoiser_config=dn_config,
+            conditioning_config=conditioning,
+            preprocess_config=pre_config,
+            latent_scale=latent_scale,
+            mask_latent_scale=mask_latent_scale,
+            schedule_config=dict(description["schedule"]),
+            model_id=str(description["model_id"]),
+            patch_size=tuple(int(s) for s in description.get("patch_size", ())),
+            inference=dict(description.get("inference", {})),
+            training=dict(description.get("training", {})),
+            model_card=card,
+            format_version=int(description["format_version"]),
+            path=folder,
+            extra={k: v for k, v in description.items() if k not in _DESCRIBED_KEYS},
+        )
+
+
+def is_synthesis_bundle(folder: str | os.PathLike[str]) -> bool:
+    """True when ``folder`` holds a bundle.json of the synthesis format (nothing else is checked)."""
+    path = Path(folder).expanduser() / BUNDLE_FILE
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == SYNTHESIS_BUNDLE_FORMAT
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
+__all__ = [
+    "HOW_TO_TRAIN",
+    "SYNTHESIS_BUNDLE_FORMAT",
+    "SYNTHESIS_BUNDLE_FORMAT_VERSION",
+    "SynthesisBundle",
+    "is_synthesis_bundle",
+]
