@@ -1,0 +1,186 @@
+"""Helpers of the BrainLDM Studio browser tests: the server process, pages, pixels."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1600, "height": 950}
+SERVER_START_S = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _child_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               BRAINLDM_HOME=str(home))
+    return env
+
+
+class StudioServer:
+    """A ``brainldm studio`` process serving on ``url``; ``log`` holds its output."""
+
+    def __init__(self, folder: Path, model: Path | None):
+        self.folder = folder
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = folder / "studio.log"
+        command = [sys.executable, "-m", "brainldm.cli", "studio", "--port", str(self.port), "--host", "127.0.0.1"]
+        if model is not None:
+            command += ["--model", str(model)]
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=_child_env(folder / "home"), cwd=str(folder), start_new_session=True)
+
+    def wait_until_serving(self, timeout: float = SERVER_START_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the studio server exited ({self.process.returncode}):\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"the studio server did not serve {self.url} within {timeout} s:\n{self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=20)
+
+
+def start_studio(folder: Path, model: Path | None) -> StudioServer:
+    server = StudioServer(folder, model)
+    try:
+        server.wait_until_serving()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def open_page(browser, url: str):
+    """A page on the studio, once its views are on screen."""
+    page = browser.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    page.wait_for_selector("#make-phantom", timeout=120_000)
+    page.wait_for_selector("#view-view_main", timeout=120_000)
+    return page
+
+
+# --------------------------------------------------------------------------------- pixels
+
+
+def view_locator(page, tag: str):
+    """The rendered image of the view whose corner title has id ``view-<tag>``."""
+    return page.locator(".layout-grid-item", has=page.locator(f"#view-{tag}")).locator("img.image-display-area")
+
+
+def view_pixels(page, tag: str) -> np.ndarray:
+    """RGB pixels (H, W, 3 uint8) of a view as the browser shows it."""
+    from PIL import Image
+
+    png = view_locator(page, tag).screenshot(animations="disabled")
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def bright_fraction(pixels: np.ndarray, level: int = 40) -> float:
+    """Fraction of pixels brighter than ``level`` (an empty slice view is black)."""
+    return float((pixels.max(axis=2) > level).mean())
+
+
+def colour_fraction(pixels: np.ndarray, saturation: int = 60) -> float:
+    """Fraction of clearly coloured pixels (greyscale MRI has none; overlays and segments do)."""
+    p = pixels.astype(np.int16)
+    return float(((p.max(axis=2) - p.min(axis=2)) > saturation).mean())
+
+
+def wait_for_view(page, tag: str, condition, timeout: float = 60.0, what: str = "") -> np.ndarray:
+    """Poll a view's pixels until ``condition(pixels)``; the views render asynchronously."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pixels = view_pixels(page, tag)
+        if condition(pixels):
+            return pixels
+        if time.monotonic() > deadline:
+            raise AssertionError(f"view {tag}: {what or 'condition'} not met within {timeout} s "
+                                 f"(bright {bright_fraction(pixels):.3f}, colour {colour_fraction(pixels):.3f})")
+        time.sleep(0.5)
+
+
+def settled_view(page, tag: str, timeout: float = 30.0) -> np.ndarray:
+    """A view's pixels once two screenshots 0.5 s apart agree (the picture has stopped changing)."""
+    deadline = time.monotonic() + timeout
+    previous = view_pixels(page, tag)
+    while True:
+        time.sleep(0.5)
+        pixels = view_pixels(page, tag)
+        if pixels.shape == previous.shape and np.abs(pixels.astype(int) - previous.astype(int)).mean() < 0.3:
+            return pixels
+        if time.monotonic() > deadline:
+            raise AssertionError(f"view {tag} kept changing for {timeout} s")
+        previous = pixels
+
+
+def mean_difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+
+def wait_for_text(page, selector: str, predicate, timeout: float = 120.0) -> str:
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        locator = page.locator(selector)
+        text = locator.inner_text() if locator.count() else ""
+        if predicate(text):
+            return text
+        errors = page.locator("#studio-error")
+        if errors.count():
+            raise AssertionError(f"the studio shows an error: {errors.inner_text()}")
+        time.sleep(0.25)
+    raise AssertionError(f"{selector}: got {text!r} after {timeout} s")
+
+
+def slider_to(page, box_id: str, key: str) -> None:
+    """Move the slider inside ``#box_id`` with the keyboard (``Home``/``End``/arrows)."""
+    thumb = page.locator(f"#{box_id} .v-slider-thumb")
+    thumb.focus()
+    page.keyboard.press(key)
+
+
+def keep_picture(screenshots: Path, source: Path, name: str) -> None:
+    """With $BRAINLDM_DOC_PICTURES set, copy a screenshot there (the README's pictures)."""
+    target = os.environ.get("BRAINLDM_DOC_PICTURES")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, Path(target) / name)

@@ -1,0 +1,128 @@
+"""BrainLDM Studio, Detect panel, in headless Chromium: upload a subject, make a phantom, detect
+(segmentation and overlay appear, by their pixels), overlay opacity, cancel."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from studio_browser import (
+    bright_fraction,
+    colour_fraction,
+    keep_picture,
+    mean_difference,
+    open_page,
+    settled_view,
+    slider_to,
+    start_studio,
+    view_pixels,
+    wait_for_text,
+    wait_for_view,
+)
+
+from brainldm.data.sequences import SEQUENCES
+
+pytestmark = pytest.mark.browser
+
+MAIN = "view_main"
+INPUTS = [f"view_in_{s}" for s in SEQUENCES]
+COUNTERFACTUALS = [f"view_cf_{s}" for s in SEQUENCES]
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory, tiny_model):
+    server = start_studio(tmp_path_factory.mktemp("studio-detect"), tiny_model)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def page(chromium, studio):
+    page = open_page(chromium, studio.url)
+    yield page
+    page.close()
+
+
+def shows_brain(pixels: np.ndarray) -> bool:
+    return bright_fraction(pixels) > 0.05
+
+
+def test_upload_a_subject_renders_every_sequence(page, tmp_path, screenshots):
+    from brainldm.logic.phantoms import PhantomRequest, make_phantoms
+
+    folder = make_phantoms(PhantomRequest(out_dir=tmp_path, seed=5, lesion_diameter_mm=25.0))[0]
+    for tag in (MAIN, *INPUTS, *COUNTERFACTUALS):
+        assert not shows_brain(view_pixels(page, tag)), f"{tag} shows something before any subject was loaded"
+
+    page.set_input_files("#upload", sorted(str(p) for p in folder.glob("*.nii.gz")))
+    wait_for_text(page, "#subject-name", lambda text: "Phantom-00005" in text, timeout=180)
+    for tag in (MAIN, *INPUTS):
+        wait_for_view(page, tag, shows_brain, what="a brain")
+    page.screenshot(path=str(screenshots / "01-uploaded.png"))
+    # the sequences differ (T1 is not FLAIR): each view shows its own volume
+    t1, flair = view_pixels(page, INPUTS[0]), view_pixels(page, INPUTS[3])
+    assert np.abs(t1.astype(int) - flair.astype(int)).mean() > 3
+    for tag in COUNTERFACTUALS:
+        assert not shows_brain(view_pixels(page, tag)), "counterfactuals before any detection"
+
+
+def test_phantom_detect_shows_segmentation_and_overlay(page, screenshots):
+    page.click("#make-phantom")
+    wait_for_text(page, "#subject-name", lambda text: "Phantom-00001" in text, timeout=180)
+    before = wait_for_view(page, MAIN, shows_brain, what="the phantom's FLAIR")
+    assert colour_fraction(before) < 0.02, "the FLAIR alone should be grey"
+    page.screenshot(path=str(screenshots / "02-phantom.png"))
+
+    slider_to(page, "steps-box", "Home")  # N = 10, the slider's minimum
+    page.locator(".v-select:has(#threshold-select) .v-field").click()
+    page.get_by_role("option", name="graddiff", exact=True).click()  # GradDiff also makes its map
+    wait_for_text(page, "#steps-box", lambda text: "N (steps): 10" in text, timeout=10)
+    started = time.monotonic()
+    page.click("#detect-button")
+    wait_for_text(page, "#detect-button", lambda text: "CANCEL" in text.upper(), timeout=30)
+    status = wait_for_text(page, "#detect-status", lambda text: text.startswith("Done"), timeout=400)
+    print(f"detection in the browser: {time.monotonic() - started:.1f} s ({status})")
+    assert "Dice" in page.inner_text("#detect-results")
+    assert "DETECT" == page.inner_text("#detect-button").strip().upper()
+
+    # the segmentation and the anomaly map appear over the FLAIR, in colour
+    after = wait_for_view(page, MAIN, lambda p: colour_fraction(p) > 0.02, what="coloured overlay")
+    for tag in COUNTERFACTUALS:
+        wait_for_view(page, tag, shows_brain, what="a counterfactual")
+    shot = screenshots / "03-detected.png"
+    page.screenshot(path=str(shot))
+    keep_picture(screenshots, shot, "studio-detect.png")
+    assert colour_fraction(after) > colour_fraction(before) + 0.02
+
+    # overlay opacity and choice change the picture: full opacity vs no overlay
+    slider_to(page, "opacity-box", "End")
+    wait_for_text(page, "#opacity-box", lambda text: "1.00" in text, timeout=10)
+    opaque = settled_view(page, MAIN)
+    page.locator("#overlay-toggle button", has_text="None").click()
+    wait_for_view(page, MAIN, lambda p: mean_difference(p, opaque) > 2, what="the picture without the overlay")
+    plain = settled_view(page, MAIN)
+    assert colour_fraction(plain) < colour_fraction(opaque)
+    # An untrained model's GradDiff map is zero everywhere (zero-initialised output layer): zero is
+    # transparent, so the GradDiff overlay leaves the FLAIR as it is.
+    graddiff = page.locator("#overlay-toggle button", has_text="GradDiff")
+    assert graddiff.is_enabled()
+    graddiff.click()
+    time.sleep(1.0)
+    assert mean_difference(settled_view(page, MAIN), plain) < 2
+    page.locator("#overlay-toggle button", has_text="Anomaly").click()
+    wait_for_view(page, MAIN, lambda p: mean_difference(p, plain) > 2, what="the anomaly overlay again")
+    slider_to(page, "opacity-box", "Home")
+    wait_for_text(page, "#opacity-box", lambda text: "0.00" in text, timeout=10)
+    time.sleep(1.0)
+    assert mean_difference(settled_view(page, MAIN), plain) < 2, "an overlay at opacity 0 must be invisible"
+
+
+def test_cancel_a_running_detection(page, screenshots):
+    slider_to(page, "steps-box", "End")  # N = 250: long enough to cancel
+    page.click("#detect-button")
+    wait_for_text(page, "#detect-status", lambda text: "%" in text, timeout=120)
+    page.click("#detect-button")
+    wait_for_text(page, "#detect-status", lambda text: text.startswith("Cancelled"), timeout=30)
+    assert page.inner_text("#detect-button").strip().upper() == "DETECT"
+    page.screenshot(path=str(screenshots / "04-cancelled.png"))
