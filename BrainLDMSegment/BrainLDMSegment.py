@@ -200,6 +200,12 @@ class BrainLDMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onModelChosen(self, index) -> None:
         if self._parameterNode:
             self._parameterNode.model = self.ui.modelComboBox.itemData(index) or ""
+            # The model's recommended diffusion settings (chosen by grid search when it was made).
+            try:
+                for name, value in self.logic.recommendedSettings(self._parameterNode.model).items():
+                    setattr(self._parameterNode, name, value)
+            except Exception as error:  # the core may not be installed yet: keep the current settings
+                logging.info("BrainLDM: no recommended settings for this model (%s)", error)
 
     # -- actions
     def _updateButtons(self, caller=None, event=None) -> None:
@@ -300,6 +306,14 @@ class BrainLDMSegmentLogic(ScriptedLoadableModuleLogic):
 
         node = parameterNode.parameterNode if hasattr(parameterNode, "parameterNode") else parameterNode
         return mrml.read_parameters(node, SegmentParameters)
+
+    def recommendedSettings(self, model):
+        """The diffusion settings ``model`` recommends (``{}`` when none); JSON only, no torch."""
+        lib = _brainldmLib()
+        lib.importCoreLight()
+        from brainldm.logic.segment import recommended_settings
+
+        return recommended_settings(model, lib.modelDirs())
 
     def modelChoices(self):
         """``(value, label)`` of the catalogue's models (works before the dependencies are installed)."""

@@ -381,3 +381,22 @@ def test_cancel_kills_the_worker_and_leaves_the_scene_as_it_was(headless, tmp_pa
         job.cleanup()
     assert before.added_since() == set()
     assert not job.work_dir.exists()
+
+
+def test_choosing_a_model_applies_its_recommended_settings(tmp_path, tiny_bundle, home):
+    import json
+    import shutil
+
+    folder = shutil.copytree(tiny_bundle, tmp_path / "tuned")
+    manifest = json.loads((folder / "bundle.json").read_text())
+    manifest["inference"] = {"encoder": "ddim", "steps": 500, "guidance": 10.0, "mix": 0.95, "window_batch": 7}
+    (folder / "bundle.json").write_text(json.dumps(manifest))
+    params = segment.SegmentParameters(model=str(folder))
+    applied = segment.apply_recommended_settings(params)
+    # steps clipped to the slider's range; settings the sliders do not hold are left alone
+    assert applied == {"encoder": "ddim", "steps": segment.STEPS_RANGE[1], "guidance": 10.0, "mix": 0.95}
+    assert (params.encoder, params.steps, params.guidance, params.mix) == ("ddim", 250, 10.0, 0.95)
+    # a model without a recommendation (or that cannot be read) changes nothing
+    untouched = segment.SegmentParameters(model=str(tiny_bundle))
+    assert segment.apply_recommended_settings(untouched) == {} and untouched.guidance == 5.0
+    assert segment.recommended_settings(str(tmp_path / "missing")) == {}

@@ -100,6 +100,40 @@ class SegmentParameters:
         return settings
 
 
+def recommended_settings(model: str = "", model_dirs=()) -> dict[str, Any]:
+    """The detection settings a model recommends (``bundle.json`` ``"inference"``, chosen by grid
+    search when the model was made), limited to what the module's sliders hold and clipped to
+    their ranges; ``{}`` when the model recommends nothing or cannot be read. Reads JSON only
+    (no torch), so the widget can call it whenever a model is chosen."""
+    from brainldm.logic.catalogue import resolve_model
+
+    try:
+        folder = resolve_model(model or None, extra_dirs=model_dirs)
+        inference = json.loads((Path(folder) / "bundle.json").read_text()).get("inference") or {}
+    except (BrainLDMError, OSError, ValueError):
+        return {}
+    out: dict[str, Any] = {}
+    if inference.get("encoder") in ("edict", "ddim"):
+        out["encoder"] = inference["encoder"]
+    if inference.get("threshold") in ("otsu", "graddiff"):
+        out["threshold"] = inference["threshold"]
+    if isinstance(inference.get("guidance"), (int, float)):
+        out["guidance"] = float(min(max(inference["guidance"], GUIDANCE_RANGE[0]), GUIDANCE_RANGE[1]))
+    if isinstance(inference.get("steps"), int):
+        out["steps"] = int(min(max(inference["steps"], STEPS_RANGE[0]), STEPS_RANGE[1]))
+    if isinstance(inference.get("mix"), (int, float)):
+        out["mix"] = float(min(max(inference["mix"], MIX_RANGE[0]), MIX_RANGE[1]))
+    return out
+
+
+def apply_recommended_settings(params: SegmentParameters, model_dirs=()) -> dict[str, Any]:
+    """Set ``params``' diffusion settings to what its model recommends; returns what was set."""
+    recommended = recommended_settings(params.model, model_dirs)
+    for name, value in recommended.items():
+        setattr(params, name, value)
+    return recommended
+
+
 # ---------------------------------------------------------------------------------------------
 # inputs
 # ---------------------------------------------------------------------------------------------
