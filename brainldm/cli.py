@@ -409,6 +409,42 @@ def cmd_synth_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth_check(args: argparse.Namespace) -> int:
+    from brainldm.evaluate.synthesis_check import SynthCheckRequest, check_request, run_synth_check
+    from brainldm.logic.detection import load_model
+    from brainldm.logic.progress import progress_bar
+
+    request = SynthCheckRequest(references=args.references, out_dir=args.out, diameter_mm=args.diameter,
+                                limit=args.limit, seed=args.seed, settings=_synth_settings(args),
+                                lesion_sources=list(args.lesion_source), overwrite=args.overwrite)
+    check_request(request)  # references and --out before loading any model
+    bundle = _synthesis_model(args)
+    detector = load_model(args.detector_model, device=args.device) if args.detector_model else None
+    bar, update = progress_bar()
+    try:
+        results = run_synth_check(request, bundle, detector, progress=update)
+    finally:
+        bar.close()
+    summary = results["summary"]
+    print(f"{summary['n']} cases ({summary['failed']} failed), {args.diameter:g} mm lesions:")
+    for method, entry in summary["found"].items():
+        if entry["n"]:
+            print(f"  found ({method}): {entry['count']}/{entry['n']} = {entry['rate']:.0%} "
+                  f"(95% CI {entry['ci95'][0]:.0%}-{entry['ci95'][1]:.0%})")
+    for method, entry in summary["adds_none"].items():
+        if entry["n"]:
+            print(f"  healthy-masked adds none ({method}): {entry['count']}/{entry['n']}")
+    accepted = summary["acceptance"]
+    if accepted["found_rate"] is not None:
+        print(f"acceptance: found in {accepted['found_rate']:.0%}, adds none in {accepted['adds_none_rate']:.0%} of "
+              f"the cases (both must be >= {accepted['target_found_rate']:.0%}): "
+              f"{'met' if accepted['met'] else 'not met'}")
+    for warning in results["warnings"]:
+        print(f"warning: {warning}")
+    print(f"results in {args.out} (check.json, check.csv, check.png)")
+    return 0
+
+
 def _add_synth_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("synthesis")
     group.add_argument("--model", type=Path, help="lesion synthesis bundle (brainldm train synthesis ... -> RUN/bundle)")
@@ -590,6 +626,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder (one subject folder per sample)")
     _add_synth_options(p)
     p.set_defaults(func=cmd_synth_dataset)
+
+    p = sub.add_parser("synth-check", help="issue 6 acceptance: synthesised lesions found inside their painted masks, "
+                                           "healthy-masked syntheses adding none, generative metrics")
+    p.add_argument("--references", type=Path, required=True, help="folder of held-out reference subjects")
+    p.add_argument("--diameter", type=float, default=20.0, help="painted lesion diameter in mm (default %(default)s)")
+    p.add_argument("--detector-model", type=Path,
+                   help="detection model bundle: also run the diffusion detector (default: FLAIR baseline only)")
+    p.add_argument("--limit", type=int, help="check at most this many references")
+    p.add_argument("--out", type=Path, required=True, help="output folder (check.json/.csv/.png, synthetic subjects)")
+    _add_synth_options(p)
+    p.set_defaults(func=cmd_synth_check)
 
     p = sub.add_parser("degrade", help="simulate low-resolution MRI (thesis Algorithms 1-2) for super-resolution data")
     p.add_argument("input", type=Path, metavar="IN", help="a NIfTI file or a folder of subjects (BraTS naming)")

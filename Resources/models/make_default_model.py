@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 TRAIN_PHANTOMS = dict(n=40, seed=0, diameters=(5, 10, 15, 20, 30, 40), healthy_fraction=0.2)
 TEST_PHANTOMS = dict(n=12, seed=777, diameters=(10, 20), healthy_fraction=0.0)
 VALIDATION_PHANTOMS = dict(n=4, seed=555, diameters=(10, 20), healthy_fraction=0.0)  # choose C, never tested on
-GRID = dict(steps="50", guidance="0,3,5,10,15", mix="0.97")
+GRID = dict(steps="50", guidance="3,5,10,15", mix="0.97")
 
 
 def run(command: list[str]) -> None:

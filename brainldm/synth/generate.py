@@ -53,6 +53,9 @@ class SynthSettings:
     ``mode``: ``"inpaint"`` generates only the lesion's surroundings (``margin_mm``) and keeps the
     rest of the reference, ``"full"`` generates whole slices from the masks (the thesis's
     synthetic dataset); ``seed``: the noise; ``slice_batch``: slices per network call.
+    ``healthy``: a healthy-masked synthesis - the lesion mask only says where to generate (the
+    same region as with the lesion), the conditioning mask's lesion channel is all zero and the
+    windows are labelled healthy, so the model fills the region with healthy tissue.
     """
 
     steps: int = 50
@@ -62,6 +65,7 @@ class SynthSettings:
     seed: int = 0
     device: str = "cpu"
     slice_batch: int = 16
+    healthy: bool = False
 
     def validate(self, num_train_timesteps: int = 1000) -> SynthSettings:
         if not 1 <= int(self.steps) <= num_train_timesteps:
@@ -226,7 +230,10 @@ def synthesise(
     """Synthesise a lesion into windows of a reference (slices of a 2D model, a volume of a 3D one).
 
     ``images`` ``(B, 4, *S)`` normalised reference windows, ``brain`` and ``lesion`` ``(B, *S)``
-    bool. ``bundle`` is a :class:`~brainldm.nets.synthesis_bundle.SynthesisBundle`.
+    bool. ``bundle`` is a :class:`~brainldm.nets.synthesis_bundle.SynthesisBundle`. The lesion
+    sets the generated region and, unless ``settings.healthy``, the conditioning mask's lesion
+    channel and the windows' diseased label; a healthy-masked synthesis conditions on an empty
+    lesion channel (and the healthy label) over the same region.
     """
     from brainldm.synth.lesions import conditioning_mask
 
@@ -241,7 +248,8 @@ def synthesise(
         raise SettingsError(f"Brain {brain.shape} and lesion {lesion.shape} masks must match the windows {images.shape}.")
     margin = float(settings.margin_mm if margin_voxels is None else margin_voxels)
     weights = paste_weights(lesion, brain, margin, settings.mode)
-    masks = np.stack([conditioning_mask(b, l) for b, l in zip(brain, lesion)])
+    condition_lesion = np.zeros_like(lesion) if settings.healthy else lesion
+    masks = np.stack([conditioning_mask(b, l) for b, l in zip(brain, condition_lesion)])
     c = bundle.compression
     multiple = c * int(bundle.model.size_multiple)
     padded_images, crop = pad_spatial(images, multiple, -1.0)
@@ -257,7 +265,7 @@ def synthesise(
         x = torch.from_numpy(np.ascontiguousarray(padded_images[part])).to(device)
         m = torch.from_numpy(np.ascontiguousarray(padded_masks[part])).to(device)
         condition = mask_latents(bundle.mask_autoencoder, m, bundle.mask_latent_scale)
-        labels = window_labels(lesion[part])
+        labels = window_labels(condition_lesion[part])
         z_ref = bundle.autoencoder.encode(x) * float(bundle.latent_scale)
         noise = torch.randn(z_ref.shape, generator=generator).to(device=device, dtype=z_ref.dtype)
         eps_fn = conditioned_noise(bundle.model, condition, labels, settings.guidance)

@@ -218,7 +218,7 @@ class SynthResult:
     """A synthetic subject (reference grid, canonical arrays) and what was done."""
 
     subject: Subject
-    lesion: np.ndarray  # bool, canonical grid
+    lesion: np.ndarray  # bool, canonical grid: the painted lesion (only a region for a healthy-masked synthesis)
     slices: list[int]  # canonical axial slices synthesised (2D models)
     seconds: float
     report: dict[str, Any] = field(default_factory=dict)
@@ -234,7 +234,10 @@ def synthesise_subject(
     progress: Progress | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> SynthResult:
-    """Synthesise the lesion ``lesion_labels`` (canonical grid, > 0 = lesion) into ``subject``."""
+    """Synthesise the lesion ``lesion_labels`` (canonical grid, > 0 = lesion) into ``subject``.
+
+    With ``settings.healthy`` the same region is synthesised from an empty lesion channel (a
+    healthy-masked synthesis): the images change there, the segmentation stays the reference's."""
     from brainldm.data.preprocess import preprocess_subject
 
     started = time.perf_counter()
@@ -286,7 +289,8 @@ def synthesise_subject(
     w = full_weights[changed]
     images[:, changed] = w * synthetic + (1.0 - w) * images[:, changed]
     seg = np.zeros(subject.shape, dtype=np.int16) if subject.seg is None else np.array(subject.seg, dtype=np.int16)
-    seg[lesion_full] = np.asarray(lesion_labels, dtype=np.int16)[lesion_full]
+    if not settings.healthy:  # a healthy-masked synthesis adds no lesion label
+        seg[lesion_full] = np.asarray(lesion_labels, dtype=np.int16)[lesion_full]
     new_id = subject_id or f"{subject.subject_id}-synth"
     result_subject = Subject(subject_id=new_id, images=images, affine=subject.affine, seg=seg, source=subject.source,
                              paths={})
