@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 import pytest
-from studio_browser import CHROMIUM, CHROMIUM_ARGS
+from studio_browser import CHROMIUM, CHROMIUM_ARGS, open_page
 
 
 def _requirements() -> str:
@@ -66,3 +66,11 @@ def chromium(browser_requirements):
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(chromium, studio):
+    """One page per test module on that module's own ``studio`` server (a fresh server per module)."""
+    page = open_page(chromium, studio.url)
+    yield page
+    page.close()

@@ -12,7 +12,6 @@ from studio_browser import (
     colour_fraction,
     keep_picture,
     mean_difference,
-    open_page,
     settled_view,
     slider_to,
     start_studio,
@@ -35,13 +34,6 @@ def studio(tmp_path_factory, tiny_model):
     server = start_studio(tmp_path_factory.mktemp("studio-detect"), tiny_model)
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def page(chromium, studio):
-    page = open_page(chromium, studio.url)
-    yield page
-    page.close()
 
 
 def shows_brain(pixels: np.ndarray) -> bool:

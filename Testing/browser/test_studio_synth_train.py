@@ -8,7 +8,6 @@ import pytest
 from studio_browser import (
     bright_fraction,
     keep_picture,
-    open_page,
     start_studio,
     view_locator,
     view_pixels,
@@ -28,13 +27,6 @@ def studio(tmp_path_factory, browser_requirements):
     server = start_studio(tmp_path_factory.mktemp("studio-synth-train"), model=None)
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def page(chromium, studio):
-    page = open_page(chromium, studio.url)
-    yield page
-    page.close()
 
 
 def green_fraction(pixels) -> float:

@@ -109,6 +109,57 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def write_bundle_folder(folder: str | os.PathLike[str], weights: dict[str, torch.nn.Module], model_card: str,
+                        description: dict[str, Any], overwrite: bool = False) -> Path:
+    """Write a bundle folder atomically: every module's weights (CPU tensors), ``MODEL_CARD.md`` and
+    ``bundle.json`` (``description`` plus the size and SHA-256 of each weight file) are built in a
+    temporary sibling folder, then moved into place (an existing folder only with ``overwrite``)."""
+    folder = Path(folder).expanduser().resolve()
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise ModelBundleError(f"{folder} already exists and is not empty; choose another folder or "
+                               "allow overwriting.")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for name, module in weights.items():
+            torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, staging / name)
+        (staging / MODEL_CARD_FILE).write_text(model_card, encoding="utf-8")
+        description = dict(description)
+        description["files"] = {
+            name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
+            for name in weights
+        }
+        (staging / BUNDLE_FILE).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+        if folder.exists():
+            backup = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, backup)
+            os.replace(staging, folder)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(staging, folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def check_weight_files(folder: Path, names, recorded: dict[str, Any], what: str = "model bundle") -> None:
+    """Every weight file in ``names`` is present, with the size and SHA-256 ``bundle.json`` records."""
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            raise ModelBundleError(f"The {what} {folder} is incomplete: {name} is missing.")
+        expected = recorded.get(name, {})
+        size = path.stat().st_size
+        if "bytes" in expected and int(expected["bytes"]) != size:
+            raise ModelBundleError(
+                f"{path} has {size} bytes but the bundle says {expected['bytes']}: the file is truncated or "
+                "corrupt. Download or export the bundle again.")
+        if "sha256" in expected and sha256_file(path) != expected["sha256"]:
+            raise ModelBundleError(f"{path} does not match its checksum in {BUNDLE_FILE}: the file is corrupt. "
+                                   "Download or export the bundle again.")
+
+
 @dataclass
 class ModelBundle:
     """Both trained networks plus everything needed to use them.
@@ -201,36 +252,9 @@ class ModelBundle:
     # ------------------------------------------------------------------ save
     def save(self, folder: str | os.PathLike[str], overwrite: bool = False) -> Path:
         """Write the bundle folder (built in a temporary sibling, then moved into place)."""
-        folder = Path(folder).expanduser().resolve()
-        if folder.exists() and any(folder.iterdir()) and not overwrite:
-            raise ModelBundleError(f"{folder} already exists and is not empty; choose another folder or "
-                                   "allow overwriting.")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
-            torch.save({k: v.detach().cpu() for k, v in self.autoencoder.state_dict().items()},
-                       staging / AUTOENCODER_FILE)
-            torch.save({k: v.detach().cpu() for k, v in self.denoiser.state_dict().items()},
-                       staging / DENOISER_FILE)
-            (staging / MODEL_CARD_FILE).write_text(self.model_card or f"# {self.model_id}\n", encoding="utf-8")
-            description = self.describe()
-            description["files"] = {
-                name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
-                for name in WEIGHT_FILES
-            }
-            (staging / BUNDLE_FILE).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
-            if folder.exists():
-                backup = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-                os.replace(folder, backup)
-                os.replace(staging, folder)
-                shutil.rmtree(backup, ignore_errors=True)
-            else:
-                os.replace(staging, folder)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-        self.path = folder
-        return folder
+        self.path = write_bundle_folder(folder, {AUTOENCODER_FILE: self.autoencoder, DENOISER_FILE: self.denoiser},
+                                        self.model_card or f"# {self.model_id}\n", self.describe(), overwrite)
+        return self.path
 
     # ------------------------------------------------------------------ load
     @staticmethod
@@ -270,20 +294,7 @@ class ModelBundle:
         """Check bundle.json, presence, size and SHA-256 of every weight file; returns the description."""
         folder = Path(folder).expanduser()
         description = cls.read_description(folder)
-        files = description.get("files", {})
-        for name in WEIGHT_FILES:
-            path = folder / name
-            if not path.is_file():
-                raise ModelBundleError(f"The model bundle {folder} is incomplete: {name} is missing.")
-            expected = files.get(name, {})
-            size = path.stat().st_size
-            if "bytes" in expected and int(expected["bytes"]) != size:
-                raise ModelBundleError(
-                    f"{path} has {size} bytes but the bundle says {expected['bytes']}: the file is truncated or "
-                    "corrupt. Download or export the bundle again.")
-            if "sha256" in expected and sha256_file(path) != expected["sha256"]:
-                raise ModelBundleError(f"{path} does not match its checksum in {BUNDLE_FILE}: the file is corrupt. "
-                                       "Download or export the bundle again.")
+        check_weight_files(folder, WEIGHT_FILES, description.get("files", {}))
         return description
 
     @classmethod

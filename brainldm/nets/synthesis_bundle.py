@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +39,10 @@ from brainldm.nets.bundle import (
     MODEL_CARD_FILE,
     _jsonable,
     _load_weights,
+    check_weight_files,
     config_from_dict,
     config_to_dict,
-    sha256_file,
+    write_bundle_folder,
 )
 
 SYNTHESIS_BUNDLE_FORMAT = "brainldm-synthesis-bundle"
@@ -150,36 +149,13 @@ class SynthesisBundle:
     # ------------------------------------------------------------------ save
     def save(self, folder: str | os.PathLike[str], overwrite: bool = False) -> Path:
         """Write the bundle folder (built in a temporary sibling, then moved into place)."""
-        folder = Path(folder).expanduser().resolve()
-        if folder.exists() and any(folder.iterdir()) and not overwrite:
-            raise ModelBundleError(f"{folder} already exists and is not empty; choose another folder or allow "
-                                   "overwriting.")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         modules = {AUTOENCODER_FILE: self.autoencoder, MASK_AUTOENCODER_FILE: self.mask_autoencoder,
                    DENOISER_FILE: self.model.denoiser}
         if self.mechanism == "structural":
             modules[ENCODER_FILE] = self.model.encoder
-        try:
-            for name, module in modules.items():
-                torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, staging / name)
-            (staging / MODEL_CARD_FILE).write_text(self.model_card or f"# {self.model_id}\n", encoding="utf-8")
-            description = self.describe()
-            description["files"] = {name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
-                                    for name in modules}
-            (staging / BUNDLE_FILE).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
-            if folder.exists():
-                backup = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-                os.replace(folder, backup)
-                os.replace(staging, folder)
-                shutil.rmtree(backup, ignore_errors=True)
-            else:
-                os.replace(staging, folder)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-        self.path = folder
-        return folder
+        self.path = write_bundle_folder(folder, modules, self.model_card or f"# {self.model_id}\n", self.describe(),
+                                        overwrite)
+        return self.path
 
     # ------------------------------------------------------------------ load
     @staticmethod
@@ -218,19 +194,8 @@ class SynthesisBundle:
         """Check bundle.json and the presence, size and SHA-256 of every weight file."""
         folder = Path(folder).expanduser()
         description = cls.read_description(folder)
-        files = description.get("files", {})
-        for name in weight_files(description["conditioning"]):
-            path = folder / name
-            if not path.is_file():
-                raise ModelBundleError(f"The synthesis bundle {folder} is incomplete: {name} is missing.")
-            expected = files.get(name, {})
-            size = path.stat().st_size
-            if "bytes" in expected and int(expected["bytes"]) != size:
-                raise ModelBundleError(f"{path} has {size} bytes but the bundle says {expected['bytes']}: the file is "
-                                       "truncated or corrupt. Export or download the bundle again.")
-            if "sha256" in expected and sha256_file(path) != expected["sha256"]:
-                raise ModelBundleError(f"{path} does not match its checksum in {BUNDLE_FILE}: the file is corrupt. "
-                                       "Export or download the bundle again.")
+        check_weight_files(folder, weight_files(description["conditioning"]), description.get("files", {}),
+                           what="synthesis bundle")
         return description
 
     @classmethod
