@@ -102,17 +102,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_upscale_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("resolution-aware detection (thesis 4.4)")
+    g.add_argument("--upscale", choices=["none", "interpolate", "sr"], default="none",
+                   help="detect on the scan upscaled in-plane by bicubic interpolation or the SR model, then map "
+                        "every output back to the input grid (default %(default)s)")
+    g.add_argument("--upscale-factor", type=int, default=2, help="in-plane factor (default %(default)s)")
+    g.add_argument("--sr-model", type=Path, help="super-resolution model folder (brainldm train sr) for --upscale sr")
+    g.add_argument("--sr-steps", type=int, help="DDIM steps of the SR model (default: the SR model's)")
+
+
+def _upscale_settings(args: argparse.Namespace):
+    from brainldm.detect.upscale import UpscaleSettings
+    from brainldm.errors import SettingsError
+
+    if args.upscale == "sr" and args.sr_model is None:
+        raise SettingsError("--upscale sr needs --sr-model FOLDER (train one with `brainldm train sr`)")
+    return UpscaleSettings(method=args.upscale, factor=args.upscale_factor, sr_steps=args.sr_steps)
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
-    from brainldm.logic.progress import progress_bar
     from brainldm.logic.detection import SubjectInputs, run_segmentation
+    from brainldm.logic.progress import progress_bar
 
     files = {seq: getattr(args, seq) for seq in ("t1n", "t1c", "t2w", "t2f") if getattr(args, seq) is not None}
     inputs = SubjectInputs(subject_dir=args.subject, files=files, reference=args.reference)
     _detection_settings(args)  # reject bad values before loading anything
+    upscale = _upscale_settings(args)
     bar, update = progress_bar()
     try:
         report = run_segmentation(inputs, args.out, lambda bundle: _detection_settings(args, bundle), model=args.model,
-                                  overwrite=args.overwrite, progress=update)
+                                  overwrite=args.overwrite, progress=update, upscale=upscale, sr_model=args.sr_model)
     finally:
         bar.close()
     line = f"{report['subject']}: {report['segmented_voxels']} voxels segmented in {report['total_seconds']:.1f} s"
@@ -132,9 +152,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     bundle = None if args.baselines_only else load_model(args.model, device=args.device)
     settings = _detection_settings(args, bundle)
     ablation = load_model(args.ablation_model, device=settings.device) if args.ablation_model else None
+    upscale = _upscale_settings(args)
+    sr_bundle = None
+    if upscale.method == "sr":
+        from brainldm.sr.bundle import SRBundle
+
+        sr_bundle = SRBundle.load(args.sr_model)
     request = EvaluationRequest(data_dir=args.data, out_dir=args.out, split=args.split, settings=settings,
-                                limit=args.limit)
-    results = evaluate(request, bundle, ablation)
+                                limit=args.limit, upscale=upscale, slab=args.slab)
+    results = evaluate(request, bundle, ablation, sr_bundle=sr_bundle)
     print(f"{'method':<18} {'Dice (95% CI)':<24} specificity   [{len(results['subjects'])} subjects]")
     for group, by_method in results["summary"].items():
         print(f"-- {group}")
@@ -148,7 +174,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_grid_search(args: argparse.Namespace) -> int:
     from brainldm.detect.settings import DetectionSettings
-    from brainldm.evaluate.grid_search import GridSearchRequest, check_request, grid_search, parse_values
+    from brainldm.evaluate.grid_search import (
+        GridSearchRequest,
+        check_request,
+        grid_search,
+        parse_values,
+    )
     from brainldm.logic.detection import load_model
 
     base = DetectionSettings(encoder=args.encoder, threshold=args.threshold, overlap=args.overlap, mode=args.mode,
@@ -335,6 +366,82 @@ def cmd_degrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sr_settings(args: argparse.Namespace):
+    """SR inference settings: what the user gave, else the model's recommendation (bundle.json)."""
+    from brainldm.sr.bundle import SRBundle
+    from brainldm.sr.config import SRInferenceSettings
+
+    description = SRBundle.read_description(args.model)
+    known = {k: v for k, v in (description.get("inference") or {}).items() if k in SRInferenceSettings.__dataclass_fields__}
+    return SRInferenceSettings.from_dict(known).with_changes(
+        steps=args.steps, strength=args.strength, overlap=args.overlap, patch_size=args.patch_size, seed=args.seed,
+        device=args.device, batch_size=args.batch_size, output=args.output)
+
+
+def _add_sr_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("super-resolution (default: the model's recommended settings)")
+    group.add_argument("--model", type=Path, required=True, help="SR bundle (brainldm train sr ... -> RUN/bundle)")
+    group.add_argument("--steps", type=int, help="N, DDIM steps per patch (the length of the DDIM subsequence)")
+    group.add_argument("--strength", type=float,
+                       help="start of sampling: 1 = pure noise, < 1 = the noised bicubic image (SDEdit)")
+    group.add_argument("--overlap", type=float, help="patch overlap fraction, 0 <= overlap < 1 (e.g. 0.25)")
+    group.add_argument("--patch-size", type=int, help="patch side in upsampled pixels (default: the training patch)")
+    group.add_argument("--batch-size", type=int, help="patches per denoiser pass")
+    group.add_argument("--output", choices=["decoded", "residual"],
+                       help="decoded = D(z_sr); residual = bicubic + D(z_sr) - D(E(bicubic))")
+    group.add_argument("--seed", type=int, help="seed of the start noise")
+    group.add_argument("--device", help="torch device (cpu, cuda)")
+
+
+def cmd_sr(args: argparse.Namespace) -> int:
+    from brainldm.logic.progress import progress_bar
+    from brainldm.sr.infer import SRRequest, super_resolve_files
+
+    slices = None
+    if args.slices:
+        try:
+            first, last = (int(v) for v in args.slices.split(":"))
+        except ValueError:
+            raise BrainLDMError(f"--slices must be FIRST:LAST (axial slice indices), got {args.slices!r}.") from None
+        slices = (first, last)
+    request = SRRequest(source=args.input, model=args.model, out=args.out, settings=_sr_settings(args),
+                        overwrite=args.overwrite, slices=slices)
+    bar, update = progress_bar()
+    try:
+        record = super_resolve_files(request, progress=lambda done, total: update("super-resolution", done / max(total, 1)))
+    finally:
+        bar.close()
+    print(f"{record['subject']}: {record['input_shape']} -> {record['output_shape']} in {record['seconds']:.1f} s")
+    for path in record["outputs"].values():
+        print(path)
+    return 0
+
+
+def cmd_sr_check(args: argparse.Namespace) -> int:
+    from brainldm.sr.check import SRCheckRequest, sr_check
+
+    request = SRCheckRequest(data_dir=args.data, model=args.model, out_dir=args.out,
+                             pipelines=tuple(p.strip() for p in args.pipelines.split(",") if p.strip()),
+                             slices=args.slices, limit=args.limit, seed=args.check_seed, settings=_sr_settings(args),
+                             timing=not args.no_timing, overwrite=args.overwrite)
+    result = sr_check(request, progress=print)
+    print(f"{'pipeline':<8} {'method':<8} {'PSNR dB':>14} {'SSIM':>14} {'PSNR brain':>11}   "
+          f"[{len(result['subjects'])} subjects, {result['slices_per_subject']} slices each]")
+    for pipeline, summary in result["summary"].items():
+        for method in ("nearest", "bicubic", "sr"):
+            m = summary[method]
+            print(f"{pipeline:<8} {method:<8} {m['psnr']['mean']:>7.2f} ± {m['psnr']['std']:<4.2f} "
+                  f"{m['ssim']['mean']:>7.4f} ± {m['ssim']['std']:<6.4f} {m['psnr_brain']['mean']:>9.2f}")
+        print(f"{pipeline:<8} SR beats bicubic on {100 * summary['sr_beats_bicubic']['psnr']:.0f} % of slices (PSNR), "
+              f"{100 * summary['sr_beats_bicubic']['ssim']:.0f} % (SSIM)")
+    timing = result.get("timing_one_slice")
+    if timing:
+        print(f"time per {timing['input_shape'][1]}x{timing['input_shape'][2]} {timing['input_shape'][0]}-sequence "
+              f"slice: {timing['seconds']:.1f} s ({timing['torch_threads']} torch thread(s))")
+    print(f"outputs in {args.out}")
+    return 0
+
+
 def cmd_studio(args: argparse.Namespace) -> int:
     import importlib.util
 
@@ -343,7 +450,7 @@ def cmd_studio(args: argparse.Namespace) -> int:
     from brainldm.studio.app import serve
 
     serve(port=args.port, host=args.host, model=str(args.model) if args.model else None,
-          open_browser=args.open_browser)
+          open_browser=args.open_browser, synth_model=str(args.synth_model) if args.synth_model else None)
     return 0
 
 
@@ -410,7 +517,11 @@ def cmd_synth_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_synth_check(args: argparse.Namespace) -> int:
-    from brainldm.evaluate.synthesis_check import SynthCheckRequest, check_request, run_synth_check
+    from brainldm.evaluate.synthesis_check import (
+        SynthCheckRequest,
+        check_request,
+        run_synth_check,
+    )
     from brainldm.logic.detection import load_model
     from brainldm.logic.progress import progress_bar
 
@@ -504,6 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_detection_options(p)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
+    _add_upscale_options(p)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("evaluate", help="Dice/specificity on a folder of subjects, with baselines")
@@ -513,7 +625,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation-model", type=Path, help="second model to compare (e.g. uniform-sampler ablation)")
     p.add_argument("--limit", type=int, help="evaluate at most this many subjects")
     p.add_argument("--baselines-only", action="store_true", help="only the FLAIR baselines (no model needed)")
+    p.add_argument("--slab", type=int, help="score only this many axial slices around each subject's largest lesion "
+                                            "(affordable slice-wise super-resolution on a CPU)")
     _add_detection_options(p)
+    _add_upscale_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("grid-search", help="mean Dice over a grid of N, C and omega per model (thesis Fig. 3.6)")
@@ -546,9 +661,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("train", help="train the first stage, the latent denoiser, or both")
-    p.add_argument("stage", choices=["autoencoder", "denoiser", "all", "synthesis"],
+    p.add_argument("stage", choices=["autoencoder", "denoiser", "all", "synthesis", "sr"],
                    help="synthesis: the lesion synthesis models (mask autoencoder + conditioned denoiser) and a "
-                        "synthesis bundle in RUN/bundle (presets synth-2d, thesis-synth-2d, tiny-synth)")
+                        "synthesis bundle in RUN/bundle (presets synth-2d, thesis-synth-2d, tiny-synth); "
+                        "sr: the super-resolution model and an SR bundle in RUN/bundle (presets cpu-sr, thesis-sr, "
+                        "tiny-sr)")
     p.add_argument("--config", default=None,
                    help="preset (cpu-small, default, thesis-3d, thesis-2d; synthesis: synth-2d, thesis-synth-2d, "
                         "thesis-synth-2d-g3wide, tiny-synth) or a YAML file; without it a new run uses the 'default' "
@@ -592,6 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="localhost",
                    help="interface to listen on (default %(default)s; 0.0.0.0 to serve other machines)")
     p.add_argument("--model", type=Path, help="model bundle to preselect (default: the catalogue's default model)")
+    p.add_argument("--synth-model", type=Path, metavar="SYNTH_BUNDLE",
+                   help="lesion synthesis bundle of the Synthesize panel, checked at start (default: the shipped "
+                        "synthesis model, if any)")
     p.add_argument("--open-browser", action="store_true", help="open the page in this machine's web browser")
     p.set_defaults(func=cmd_studio)
 
@@ -649,6 +769,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", action="store_true", help="also write a picture of every step on one axial slice")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.set_defaults(func=cmd_degrade)
+
+    p = sub.add_parser("sr", help="2x super-resolution of a subject (or one of its sequence files) with an SR model "
+                                  "(thesis 4.4)")
+    p.add_argument("input", type=Path, metavar="IN",
+                   help="a subject folder (BraTS naming) or one sequence file of a complete subject")
+    p.add_argument("--out", type=Path, required=True, help="output folder (subject) or .nii.gz file (one file)")
+    p.add_argument("--slices", metavar="FIRST:LAST", help="super-resolve only these axial slices (others bicubic)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _add_sr_options(p)
+    p.set_defaults(func=cmd_sr)
+
+    p = sub.add_parser("sr-check", help="issue 7 acceptance: PSNR/SSIM of SR vs bicubic vs nearest on held-out "
+                                        "degraded slices (both pipelines), picture, time per slice")
+    p.add_argument("--data", type=Path, required=True, help="folder of held-out subjects (e.g. phantoms --seed 777)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (sr_check.json/.csv/.png)")
+    p.add_argument("--pipelines", default="mri,esrgan", help="degradation pipelines (default %(default)s)")
+    p.add_argument("--slices", type=int, default=4, help="axial slices per subject (default %(default)s)")
+    p.add_argument("--limit", type=int, help="at most this many subjects")
+    p.add_argument("--check-seed", type=int, default=0, help="seed of the degradations (default %(default)s)")
+    p.add_argument("--no-timing", action="store_true", help="skip timing one full-grid slice")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing check")
+    _add_sr_options(p)
+    p.set_defaults(func=cmd_sr_check)
 
     return parser
 

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 TRAIN_PHANTOMS = dict(n=40, seed=0, diameters=(5, 10, 15, 20, 30, 40), healthy_fraction=0.2)
 TEST_PHANTOMS = dict(n=12, seed=777, diameters=(10, 20), healthy_fraction=0.0)
 VALIDATION_PHANTOMS = dict(n=4, seed=555, diameters=(10, 20), healthy_fraction=0.0)  # choose C, never tested on
-GRID = dict(steps="50", guidance="3,5,10,15", mix="0.97")
+GRID = dict(encoder="edict", steps="50", guidance="3,5,10,15", mix="0.97")  # --encoder/--steps/--guidance change it
 
 
 def run(command: list[str]) -> None:
@@ -62,8 +62,9 @@ def train(work: Path, config: str, data: Path) -> Path:
 def choose_settings(bundle: Path, data: Path, out: Path) -> dict:
     """Grid-search the detection settings on validation phantoms; store the best in bundle.json."""
     if not (out / "grid.json").is_file():
-        run(["brainldm", "grid-search", "--data", str(data), "--split", "all", "--model", str(bundle),
-             "--steps", GRID["steps"], "--guidance", GRID["guidance"], "--mix", GRID["mix"], "--out", str(out)])
+        command = ["brainldm", "grid-search", "--data", str(data), "--split", "all", "--model", str(bundle),
+                   "--encoder", GRID["encoder"], "--steps", GRID["steps"], "--guidance", GRID["guidance"], "--out", str(out)]
+        run(command + (["--mix", GRID["mix"]] if GRID["encoder"] == "edict" else []))
     best = json.loads((out / "grid.json").read_text())["best"]
     manifest = json.loads((bundle / "bundle.json").read_text())
     manifest["inference"] = dict(best["settings"])
@@ -92,7 +93,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder with brats_like/ real subjects (optional)")
     parser.add_argument("--install", action="store_true",
                         help="copy the bundle to Resources/models/<model id>/ as the default model")
+    parser.add_argument("--encoder", choices=["edict", "ddim"], default=GRID["encoder"],
+                        help="inversion searched by the grid (default %(default)s)")
+    parser.add_argument("--steps", default=GRID["steps"], help="N values of the grid (default %(default)s)")
+    parser.add_argument("--guidance", default=GRID["guidance"], help="C values of the grid (default %(default)s)")
     args = parser.parse_args(argv)
+    GRID.update(encoder=args.encoder, steps=args.steps, guidance=args.guidance)
 
     from brainldm.evaluate.model_card import machine_description, measured_section
     from brainldm.nets.bundle import ModelBundle
@@ -118,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     card += (f"- Training time: {minutes:.0f} min on {machine} (first stage {float(ae.get('seconds', 0)) / 60:.0f} min, "
              f"denoiser {float(dn.get('seconds', 0)) / 60:.0f} min); phantoms: {TRAIN_PHANTOMS}.\n\n")
     card += (f"- Detection settings (bundle.json \"inference\"): {best['settings']}, chosen by "
-             f"`brainldm grid-search` over N = {GRID['steps']}, C = {GRID['guidance']}, omega = {GRID['mix']} on "
+             f"`brainldm grid-search` with {GRID['encoder'].upper()} over N = {GRID['steps']}, C = {GRID['guidance']}"
+             + (f", omega = {GRID['mix']}" if GRID["encoder"] == "edict" else "") + " on "
              f"{VALIDATION_PHANTOMS['n']} validation phantoms (seed {VALIDATION_PHANTOMS['seed']}).\n\n")
     card += measured_section(phantoms, real, demo_report, machine)
     card += """

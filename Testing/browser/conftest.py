@@ -8,7 +8,9 @@ pixels (screenshots of the view elements), not only by the DOM. Screenshots go t
 
 Detection uses an untrained model bundle with the networks of the ``tiny`` training preset
 (:func:`brainldm.evaluate.benchmark.untrained_bundle`): real loading, real diffusion, seconds
-per run, meaningless maps.
+per run, meaningless maps. Synthesis uses an untrained synthesis bundle
+(:func:`brainldm.train.toy.untrained_synthesis_bundle`): real loading, real conditioned DDIM,
+noise for tumours.
 """
 
 from __future__ import annotations
@@ -54,6 +56,14 @@ def tiny_model(tmp_path_factory, browser_requirements) -> Path:
     from brainldm.evaluate.benchmark import untrained_bundle
 
     return untrained_bundle("tiny").save(tmp_path_factory.mktemp("model") / "tiny-untrained")
+
+
+@pytest.fixture(scope="session")
+def tiny_synthesis_model(tmp_path_factory, browser_requirements) -> Path:
+    """An untrained lesion synthesis bundle with tiny 2D networks (a synthesis in seconds)."""
+    from brainldm.train.toy import untrained_synthesis_bundle
+
+    return untrained_synthesis_bundle(tmp_path_factory.mktemp("synth-model") / "synth-untrained", seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ def _child_env(home: Path) -> dict[str, str]:
 class StudioServer:
     """A ``brainldm studio`` process serving on ``url``; ``log`` holds its output."""
 
-    def __init__(self, folder: Path, model: Path | None):
+    def __init__(self, folder: Path, model: Path | None, synth_model: Path | None = None):
         self.folder = folder
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -46,6 +46,8 @@ class StudioServer:
         command = [sys.executable, "-m", "brainldm.cli", "studio", "--port", str(self.port), "--host", "127.0.0.1"]
         if model is not None:
             command += ["--model", str(model)]
+        if synth_model is not None:
+            command += ["--synth-model", str(synth_model)]
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             env=_child_env(folder / "home"), cwd=str(folder), start_new_session=True)
@@ -78,8 +80,8 @@ class StudioServer:
                 self.process.wait(timeout=20)
 
 
-def start_studio(folder: Path, model: Path | None) -> StudioServer:
-    server = StudioServer(folder, model)
+def start_studio(folder: Path, model: Path | None, synth_model: Path | None = None) -> StudioServer:
+    server = StudioServer(folder, model, synth_model)
     try:
         server.wait_until_serving()
     except BaseException:
@@ -106,17 +108,30 @@ def view_locator(page, tag: str):
     return page.locator(".layout-grid-item", has=page.locator(f"#view-{tag}")).locator("img.image-display-area")
 
 
-def view_pixels(page, tag: str) -> np.ndarray:
-    """RGB pixels (H, W, 3 uint8) of a view as the browser shows it."""
+#: Screenshot style hiding what the page draws over a view's image (corner title, Slicer's gutter).
+ONLY_THE_IMAGE = (".layout-grid-item * { visibility: hidden !important; } "
+                  ".layout-grid-item img.image-display-area { visibility: visible !important; }")
+
+
+def view_pixels(page, tag: str, image_only: bool = False, save: Path | None = None) -> np.ndarray:
+    """RGB pixels (H, W, 3 uint8) of a view as the browser shows it; with ``image_only`` without the
+    widgets drawn over it (the rendered slice alone). ``save``: also write the PNG there."""
     from PIL import Image
 
-    png = view_locator(page, tag).screenshot(animations="disabled")
+    png = view_locator(page, tag).screenshot(animations="disabled", style=ONLY_THE_IMAGE if image_only else None)
+    if save is not None:
+        save.write_bytes(png)
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def bright_mask(pixels: np.ndarray, level: int = 40) -> np.ndarray:
+    """Pixels brighter than ``level`` (H, W bool)."""
+    return pixels.max(axis=2) > level
 
 
 def bright_fraction(pixels: np.ndarray, level: int = 40) -> float:
     """Fraction of pixels brighter than ``level`` (an empty slice view is black)."""
-    return float((pixels.max(axis=2) > level).mean())
+    return float(bright_mask(pixels, level).mean())
 
 
 def colour_fraction(pixels: np.ndarray, saturation: int = 60) -> float:
@@ -154,6 +169,18 @@ def settled_view(page, tag: str, timeout: float = 30.0) -> np.ndarray:
 
 def mean_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+
+def brain_coordinates(mask: np.ndarray, brain_pixels: np.ndarray) -> np.ndarray:
+    """Centre of the pixels of ``mask`` (H, W bool) relative to the brain's bounding box in the same
+    view (bright pixels): (0, 0) top left, (1, 1) bottom right. Views of different sizes show one
+    slice at different scales; these coordinates compare them."""
+    rows, cols = np.nonzero(bright_mask(brain_pixels))
+    if not len(rows) or not mask.any():
+        raise AssertionError("no brain or no marked pixels in the view")
+    centre = np.argwhere(mask).mean(axis=0)
+    low, high = np.array([rows.min(), cols.min()]), np.array([rows.max(), cols.max()])
+    return (centre - low) / np.maximum(high - low, 1)
 
 
 def wait_for_text(page, selector: str, predicate, timeout: float = 120.0) -> str:

@@ -1,5 +1,6 @@
 """BrainLDM Studio, Detect panel, in headless Chromium: upload a subject, make a phantom, detect
-(segmentation and overlay appear, by their pixels), overlay opacity, cancel."""
+(segmentation and overlay appear, by their pixels), overlay opacity, cancel. This module's server
+has no --synth-model: the Synthesize panel says that synthesis is unavailable."""
 
 from __future__ import annotations
 
@@ -121,3 +122,17 @@ def test_cancel_a_running_detection(page, screenshots):
     wait_for_text(page, "#detect-status", lambda text: text.startswith("Cancelled"), timeout=30)
     assert page.inner_text("#detect-button").strip().upper() == "DETECT"
     page.screenshot(path=str(screenshots / "04-cancelled.png"))
+
+
+def test_without_a_synthesis_model_the_synthesize_panel_says_so(page):
+    from brainldm.logic.catalogue import find_synthesis_model
+
+    if find_synthesis_model() is not None:
+        pytest.skip("a synthesis model is shipped: nothing to warn about")
+    page.click("#tab-synth")
+    warning = page.locator("#synth-model-problem")
+    warning.wait_for(timeout=30_000)
+    assert "synthesis model not yet available" in warning.inner_text()
+    assert page.locator("#synth-model").count() == 0
+    assert page.locator("#synthesize-button").is_disabled()
+    page.click("#tab-detect")

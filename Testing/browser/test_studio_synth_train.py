@@ -1,11 +1,19 @@
 """BrainLDM Studio, Synthesize and Train panels, in headless Chromium: paint a lesion with the
-segment editor and synthesise (a clear error until a synthesis model exists); start, follow and
-stop a tiny training run. This module's server starts without --model."""
+segment editor and synthesise it with a real (untrained) synthesis bundle given by --synth-model
+(the synthetic sequences appear beside the subject's, changed only where the lesion was painted;
+the files land in the session's folder on the reference grid); start, follow and stop a tiny
+training run. This module's server starts with --synth-model and without --model."""
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
+import numpy as np
 import pytest
 from studio_browser import (
+    brain_coordinates,
     bright_fraction,
     keep_picture,
     start_studio,
@@ -15,24 +23,37 @@ from studio_browser import (
     wait_for_view,
 )
 
+from brainldm.data.sequences import SEQUENCES
+
 pytestmark = pytest.mark.browser
 expect = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install 'brainldm[test]')"
                              ).expect
 
 MAIN = "view_main"
+FLAIR_IN, FLAIR_SYNTH = "view_in_t2f", "view_cf_t2f"
+SYNTHETIC = [f"view_cf_{s}" for s in SEQUENCES]
 
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory, browser_requirements):
-    server = start_studio(tmp_path_factory.mktemp("studio-synth-train"), model=None)
+def studio(tmp_path_factory, browser_requirements, tiny_synthesis_model):
+    server = start_studio(tmp_path_factory.mktemp("studio-synth-train"), model=None,
+                          synth_model=tiny_synthesis_model)
     yield server
     server.stop()
 
 
-def green_fraction(pixels) -> float:
+def green_mask(pixels) -> np.ndarray:
     """The painted lesion is green (brainldm.studio.session.LESION_COLOUR)."""
     p = pixels.astype(int)
-    return float(((p[..., 1] - p[..., 0] > 40) & (p[..., 1] - p[..., 2] > 40)).mean())
+    return (p[..., 1] - p[..., 0] > 40) & (p[..., 1] - p[..., 2] > 40)
+
+
+def green_fraction(pixels) -> float:
+    return float(green_mask(pixels).mean())
+
+
+def changed_mask(a: np.ndarray, b: np.ndarray, level: int = 25) -> np.ndarray:
+    return np.abs(a.astype(int) - b.astype(int)).max(axis=2) > level
 
 
 def test_without_a_model_the_detect_panel_says_so(page, studio):
@@ -45,15 +66,8 @@ def test_without_a_model_the_detect_panel_says_so(page, studio):
     assert "No default model is installed" in warning.inner_text()
 
 
-def test_paint_a_lesion_then_synthesize_reports_the_missing_model(page, screenshots):
-    page.click("#make-phantom")
-    wait_for_text(page, "#subject-name", lambda text: "Phantom-00001" in text, timeout=180)
-    wait_for_view(page, MAIN, lambda p: bright_fraction(p) > 0.05, what="the phantom's FLAIR")
-    page.click("#tab-synth")
-    page.click("#paint-button")
-    wait_for_text(page, "#paint-button", lambda text: "STOP PAINTING" in text.upper(), timeout=30)
-    before = view_pixels(page, MAIN)
-
+def paint_stroke(page) -> None:
+    """Drag the brush across the main view, left of its centre (inside the phantom's brain)."""
     box = view_locator(page, MAIN).bounding_box()
     x, y = box["x"] + 0.42 * box["width"], box["y"] + 0.45 * box["height"]
     page.mouse.move(x, y)
@@ -61,20 +75,95 @@ def test_paint_a_lesion_then_synthesize_reports_the_missing_model(page, screensh
     for step in range(1, 16):
         page.mouse.move(x + 3 * step, y + 2 * step, steps=2)
     page.mouse.up()
-    voxels = wait_for_text(page, "#lesion-voxels", lambda text: not text.rstrip().endswith(": 0 voxels"), timeout=30)
-    assert int(voxels.split(":")[1].split()[0]) > 50
+
+
+def test_paint_a_lesion_and_synthesize_it(page, studio, tiny_synthesis_model, screenshots):
+    page.click("#make-phantom")
+    wait_for_text(page, "#subject-name", lambda text: "Phantom-00001" in text, timeout=180)
+    wait_for_view(page, MAIN, lambda p: bright_fraction(p) > 0.05, what="the phantom's FLAIR")
+    page.click("#tab-synth")
+    # the panel says which synthesis model --synth-model loaded, and nothing is missing
+    model = page.locator("#synth-model")
+    model.wait_for(timeout=30_000)
+    assert "untrained-synthesis-concat" in model.inner_text() and str(tiny_synthesis_model) in model.inner_text()
+    assert page.locator("#synth-model-problem").count() == 0
+    for tag in SYNTHETIC:
+        assert bright_fraction(view_pixels(page, tag)) < 0.05, f"{tag} shows a brain before any synthesis"
+
+    page.click("#paint-button")
+    wait_for_text(page, "#paint-button", lambda text: "STOP PAINTING" in text.upper(), timeout=30)
+    before = view_pixels(page, MAIN, image_only=True)  # the phantom's own labels have a green one too
+    paint_stroke(page)
+    voxels_text = wait_for_text(page, "#lesion-voxels", lambda text: not text.rstrip().endswith(": 0 voxels"),
+                                timeout=30)
+    painted_voxels = int(voxels_text.split(":")[1].split()[0])
+    assert painted_voxels > 50
     wait_for_view(page, MAIN, lambda p: green_fraction(p) > green_fraction(before) + 0.002,
                   what="the painted lesion in green")
+    painted = view_pixels(page, MAIN, image_only=True, save=screenshots / "05-painted-main.png")
+    lesion_at = brain_coordinates(green_mask(painted) & ~green_mask(before), painted)
 
+    started = time.monotonic()
     page.click("#synthesize-button")
-    error = page.locator("#synth-error")
-    error.wait_for(timeout=30_000)
-    assert "synthesis model not yet available" in error.inner_text()
+    message = wait_for_text(page, "#synth-message", lambda text: text.startswith("Synthesised"), timeout=180)
+    print(f"synthesis in the browser: {time.monotonic() - started:.1f} s ({message})")
+    assert f"({painted_voxels} voxels)" in message and "untrained-synthesis-concat" in message
+    assert page.locator("#synth-error").count() == 0
+
+    # PIXELS: the synthetic sequences fill the right-hand column ...
+    for tag in SYNTHETIC:
+        wait_for_view(page, tag, lambda p: bright_fraction(p) > 0.05, what="a synthetic sequence")
+        assert "synthetic" in page.inner_text(f"#view-{tag}")
+    time.sleep(1.0)  # the last renders of the column
+    original = view_pixels(page, FLAIR_IN, image_only=True, save=screenshots / "05-flair.png")
+    synthetic = view_pixels(page, FLAIR_SYNTH, image_only=True, save=screenshots / "05-flair-synthetic.png")
+    assert original.shape == synthetic.shape
+    # ... and differ from the subject's only around the painted lesion: same slice, same brain outside it
+    changed = changed_mask(original, synthetic)
+    brain = bright_fraction(original)
+    assert 0.0005 < changed.mean() < 0.25 * brain, f"changed {changed.mean():.4f} of the view, brain {brain:.3f}"
+    synthesised_at = brain_coordinates(changed, synthetic)
+    assert np.abs(synthesised_at - lesion_at).max() < 0.12, (synthesised_at, lesion_at)
     shot = screenshots / "05-synthesize.png"
     page.screenshot(path=str(shot))
     keep_picture(screenshots, shot, "studio-synthesize.png")
+
+    # FILES: the synthetic subject in the session's folder, on the reference grid, lesion = painted mask
+    folder = Path(page.inner_text("#synth-folder").split("Files:", 1)[1].strip())
+    check_synthesis_files(folder, painted_voxels)
+
     page.click("#paint-button")  # stop painting
     wait_for_text(page, "#paint-button", lambda text: "PAINT LESION" in text.upper(), timeout=30)
+
+
+def check_synthesis_files(folder: Path, painted_voxels: int) -> None:
+    import nibabel as nib
+
+    from brainldm.data.phantom import PhantomSpec, make_phantom
+
+    assert folder.is_dir(), f"no synthesis folder {folder}"
+    sid = "Phantom-00001-synth"
+    files = {kind: folder / f"{sid}-{kind}.nii.gz" for kind in (*SEQUENCES, "seg")}
+    assert all(path.is_file() for path in files.values()), sorted(p.name for p in folder.iterdir())
+    reference = make_phantom(PhantomSpec(seed=1, lesion_diameter_mm=20.0))  # the page's phantom, again
+    images = {kind: nib.load(str(path)) for kind, path in files.items()}
+    for kind, image in images.items():
+        assert image.shape == reference.shape, kind
+        np.testing.assert_allclose(image.affine, reference.affine, atol=1e-4, err_msg=kind)
+    lesion = np.asarray(images["seg"].dataobj) > 0
+    assert int(lesion.sum()) == painted_voxels, "the synthetic subject's lesion is the painted mask"
+    lesion_slices = np.flatnonzero(lesion.any(axis=(0, 1)))
+    report = json.loads((folder / "synth.json").read_text())
+    assert report["lesion"]["voxels"] == painted_voxels and report["model"]["model_id"] == "untrained-synthesis-concat"
+    for index, seq in enumerate(SEQUENCES):
+        changed = np.abs(np.asarray(images[seq].dataobj, dtype=np.float32) - reference.images[index]) > 1e-3
+        assert changed[lesion].mean() > 0.5, f"{seq}: the painted lesion was not synthesised"
+        changed_slices = np.flatnonzero(changed.any(axis=(0, 1)))
+        assert set(changed_slices) <= set(lesion_slices), f"{seq}: slices without the lesion changed"
+        dilated = np.zeros_like(lesion)
+        low, high = np.argwhere(lesion).min(axis=0) - 14, np.argwhere(lesion).max(axis=0) + 15
+        dilated[tuple(slice(max(a, 0), b) for a, b in zip(low, high))] = True
+        assert not changed[~dilated].any(), f"{seq}: voxels far from the painted lesion changed"
 
 
 def test_start_follow_and_stop_a_tiny_training_run(page, tmp_path, screenshots):

@@ -127,10 +127,97 @@ def test_painted_lesion_and_synthesis_status(session):
     from brainldm.logic.synth import synthesis_status
 
     if not synthesis_status().available:
+        assert session.synthesis_model() is None
+        assert session.synthesis_problem() == "synthesis model not yet available"
         with pytest.raises(BrainLDMError, match="synthesis model not yet available"):
             session.synthesize(diameter_mm=20)
     session.clear_lesion()
     assert lesion.GetScene() is None and session.lesion_voxels() == 0
+
+
+def _paint(lesion, reference, box) -> np.ndarray:
+    """What a paint stroke leaves: the voxels of ``box`` in the lesion segment, on the FLAIR grid."""
+    painted = np.zeros(mrml.volume_shape(reference), np.uint8)
+    painted[box] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(np.ascontiguousarray(painted.transpose(2, 1, 0)), lesion,
+                                                     mrml.find_segment_id(lesion, LESION_SEGMENT), reference)
+    return painted
+
+
+def test_the_synth_model_option_is_checked(tmp_path):
+    """``--synth-model``: a missing folder, a detection bundle, a corrupt bundle.json and a damaged
+    weight file are refused with what is wrong; a good bundle gives its id and recommended steps."""
+    from brainldm.logic.synth import check_synthesis_model
+    from brainldm.train.toy import untrained_synthesis_bundle
+
+    with pytest.raises(BrainLDMError, match="does not exist: give the folder of a lesion synthesis bundle"):
+        check_synthesis_model(tmp_path / "missing")
+    bundle = untrained_synthesis_bundle(tmp_path / "bundle", seed=1)
+    model = check_synthesis_model(bundle)
+    assert (model.path, model.model_id, model.steps, model.shipped) == (bundle.resolve(),
+                                                                        "untrained-synthesis-concat", 5, False)
+    assert model.settings(seed=4).steps == 5 and model.settings(seed=4).seed == 4
+    assert str(bundle) in model.label
+    weights = bundle / "denoiser.pt"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"corrupt!")
+    with pytest.raises(BrainLDMError, match="denoiser.pt"):
+        check_synthesis_model(bundle)
+    (bundle / "bundle.json").write_text("{ not json")
+    with pytest.raises(BrainLDMError, match="corrupt"):
+        check_synthesis_model(bundle)
+    from brainldm.evaluate.benchmark import untrained_bundle
+
+    detection = untrained_bundle("tiny").save(tmp_path / "detection")
+    with pytest.raises(BrainLDMError, match="is a detection model bundle, not a synthesis model"):
+        check_synthesis_model(detection)
+
+
+def test_synthesis_with_a_synthesis_bundle(headless, tmp_path, home):
+    """The Synthesize button's path: the painted lesion through brainldm.logic.synth with the given
+    bundle; the synthetic subject in the scene and its files on the reference grid."""
+    import nibabel as nib
+
+    from brainldm.logic.synth import check_synthesis_model
+    from brainldm.train.toy import untrained_synthesis_bundle
+
+    model = check_synthesis_model(untrained_synthesis_bundle(tmp_path / "bundle", seed=1))
+    studio = StudioSession(headless.scene, work_dir=tmp_path / "work", synth_model=model)
+    try:
+        assert studio.synthesis_model() is model and studio.synthesis_problem() == ""
+        nodes = studio.make_phantom(seed=6, healthy=True)
+        with pytest.raises(InputDataError, match="Paint the lesion first"):
+            studio.synthesize()
+        painted = _paint(studio.lesion_segmentation(), nodes.volumes["t2f"], np.s_[110:118, 125:131, 70:72])
+        assert studio.right_column("synthetic") == {}
+
+        out = studio.synthesize(seed=2)
+        assert studio.synthetic is out and out.lesion_voxels == painted.sum()
+        assert studio.right_column("synthetic") == out.nodes.volumes
+        assert out.folder.parent == tmp_path / "work" / "synthesis"
+        assert "untrained-synthesis-concat" in out.summary and f"({painted.sum()} voxels)" in out.summary
+        reference = nodes.volumes["t2f"]
+        names = sorted(p.name for p in out.files)
+        assert names == sorted(f"Phantom-00006-synth-{s}.nii.gz" for s in (*SEQUENCES, "seg"))
+        for path in out.files:
+            image = nib.load(str(path))
+            assert image.shape == mrml.volume_shape(reference)
+            np.testing.assert_allclose(image.affine, mrml.ijk_to_ras(reference), atol=1e-4)
+        seg = np.asarray(nib.load(str(out.folder / "Phantom-00006-synth-seg.nii.gz")).dataobj)
+        assert np.array_equal(seg > 0, painted > 0), "the synthetic subject's lesion is the painted one"
+        flair = np.asarray(nib.load(str(out.folder / "Phantom-00006-synth-t2f.nii.gz")).dataobj)
+        changed = np.abs(flair - mrml.volume_array(reference)) > 1e-3
+        assert changed[painted > 0].mean() > 0.5
+        assert not changed[:, :, :68].any() and not changed[:, :, 73:].any(), "only the painted slices change"
+        np.testing.assert_allclose(mrml.volume_array(out.nodes.volumes["t2f"]), flair, atol=1e-4)
+        assert (out.folder / "synth.json").is_file()
+
+        again = studio.synthesize(seed=3)  # replaces the synthetic subject in the scene, new folder
+        assert all(node.GetScene() is None for node in out.nodes.volumes.values())
+        assert again.folder != out.folder and out.files
+        studio.make_phantom(seed=7)
+        assert studio.synthetic is None and all(n.GetScene() is None for n in again.nodes.volumes.values())
+    finally:
+        studio.close()
 
 
 def test_training_inputs_and_stop_without_a_run(session, tmp_path):
@@ -211,4 +298,19 @@ def test_command_line_options():
 
     args = build_parser().parse_args(["studio", "--port", "0", "--host", "0.0.0.0", "--model", "m"])
     assert (args.port, args.host, str(args.model), args.open_browser) == (0, "0.0.0.0", "m", False)
+    assert args.synth_model is None
     assert args.func.__name__ == "cmd_studio"
+    args = build_parser().parse_args(["studio", "--synth-model", "runs/synth/bundle"])
+    assert str(args.synth_model) == "runs/synth/bundle"
+
+
+def test_a_bad_synth_model_stops_the_studio_before_it_serves(tmp_path, capsys):
+    pytest.importorskip("trame_slicer", reason="trame-slicer is not installed (pip install 'brainldm[studio]')")
+    from brainldm.cli import main
+
+    (tmp_path / "broken").mkdir()
+    assert main(["studio", "--port", "0", "--synth-model", str(tmp_path / "broken")]) == 2
+    error = capsys.readouterr().err
+    assert f"--synth-model {tmp_path / 'broken'}: " in error and "bundle.json is missing" in error
+    assert main(["studio", "--port", "0", "--synth-model", str(tmp_path / "none")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -406,13 +406,20 @@ def _denoiser_for(mode, bundle, denoiser, settings, mask, z0, device):
     if mode == "whole":
         return WholeVolumeDenoiser(denoiser, size_multiple=multiple)
     if mode == "slices":
-        return SliceBatchDenoiser(denoiser, size_multiple=multiple, batch_size=32)
+        return SliceBatchDenoiser(denoiser, size_multiple=multiple, batch_size=slice_batch_size(z0.shape[2:]))
     window = bundle.latent_patch_size
     if not window:
         raise SettingsError("this model bundle does not record its training patch size; use --mode whole")
     latent_mask = _latent_mask(mask, z0.shape[2:])
     return SlidingWindowDenoiser(denoiser, window, overlap=settings.overlap, brain=latent_mask.to(device),
                                  batch_size=settings.window_batch)
+
+
+def slice_batch_size(latent_slice_shape, pixels_per_call: int = 36_000) -> int:
+    """Slices per 2D denoiser call: about ``pixels_per_call`` latent pixels, which measured fastest on
+    a 2-core CPU (a 20x24 latent: 72 slices per call 0.24 s per pass of 143 slices, 32 per call 0.28 s)."""
+    pixels = int(np.prod([int(s) for s in latent_slice_shape]))
+    return int(max(1, min(256, pixels_per_call // max(1, pixels))))
 
 
 def _latent_mask(mask: np.ndarray, latent_shape) -> torch.Tensor:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from brainldm.detect.settings import DetectionSettings
+from brainldm.detect.upscale import UpscaleSettings
 from brainldm.errors import BrainLDMError
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,11 @@ class EvaluationRequest:
     settings: DetectionSettings = field(default_factory=DetectionSettings)
     limit: int | None = None
     bootstrap: int = 1000
+    #: detect on the scan upscaled in-plane (bicubic or SR), score on the input grid (thesis §4.4)
+    upscale: UpscaleSettings = field(default_factory=UpscaleSettings)
+    #: score only this many axial slices centred on the largest lesion (None: the whole volume);
+    #: makes slice-wise super-resolution affordable on a CPU. The Otsu threshold is then the slab's.
+    slab: int | None = None
 
 
 def size_group(diameter_mm: float) -> str:
@@ -98,6 +104,30 @@ def select_subjects(data_dir: Path, split: str):
     return subjects
 
 
+def lesion_slab(subject, slices: int):
+    """The subject cut to ``slices`` axial slices centred on its largest lesion's centre of mass
+    (the affine follows, so the slab stays in world coordinates)."""
+    import dataclasses
+
+    from scipy import ndimage
+
+    if slices < 1:
+        raise BrainLDMError(f"--slab must be >= 1, got {slices}")
+    labels, count = ndimage.label(subject.seg > 0)
+    if count:
+        sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=range(1, count + 1))
+        centre = int(round(ndimage.center_of_mass(labels == 1 + int(np.argmax(sizes)))[2]))
+    else:
+        centre = subject.shape[2] // 2
+    depth = subject.shape[2]
+    start = int(np.clip(centre - slices // 2, 0, max(0, depth - slices)))
+    stop = min(depth, start + slices)
+    affine = np.array(subject.affine, dtype=np.float64)
+    affine[:3, 3] = affine[:3, :3] @ np.array([0.0, 0.0, float(start)]) + affine[:3, 3]
+    return dataclasses.replace(subject, images=np.ascontiguousarray(subject.images[..., start:stop]),
+                               seg=np.ascontiguousarray(subject.seg[..., start:stop]), affine=affine, source=None)
+
+
 def summarise(rows: list[dict], methods: list[str], n_bootstrap: int = 1000) -> dict:
     """Mean and bootstrap 95 % interval of Dice and specificity per method, overall and per size group."""
     from brainldm.evaluate.metrics import bootstrap_ci
@@ -122,17 +152,32 @@ def summarise(rows: list[dict], methods: list[str], n_bootstrap: int = 1000) -> 
     return summary
 
 
-def evaluate(request: EvaluationRequest, bundle=None, ablation=None) -> dict:
+def evaluate(request: EvaluationRequest, bundle=None, ablation=None, sr_bundle=None) -> dict:
     """Run detection with ``bundle`` (and the ``ablation`` bundle) and the baselines on every
-    selected subject; write and return the results. Without a bundle only the FLAIR baselines run."""
+    selected subject; write and return the results. Without a bundle only the FLAIR baselines run.
+    With ``request.upscale`` the models detect on the upscaled scan (``sr_bundle`` for ``sr``) and
+    are scored on the input grid; the baselines always run on the input grid."""
     from tqdm.auto import tqdm
 
     from brainldm.data.preprocess import brain_mask
     from brainldm.detect.maps import segment_from_map
     from brainldm.detect.pipeline import detect
+    from brainldm.detect.upscale import result_to_input_grid, upscale_subject
     from brainldm.evaluate.baselines import flair_otsu, flair_percentile
 
     settings = request.settings.validate()
+    upscale = request.upscale
+    if upscale.method == "sr" and sr_bundle is None:
+        raise BrainLDMError("--upscale sr needs a super-resolution model (--sr-model FOLDER)")
+
+    def detect_on_input_grid(subject, model):
+        work, timings = upscale_subject(subject, upscale, sr_bundle)
+        result = detect(work, model, settings)
+        if upscale.method != "none":
+            result = result_to_input_grid(result, subject, upscale.factor)
+            result.timings.update(timings)
+        return result
+
     subjects = select_subjects(Path(request.data_dir), request.split)
     if request.limit:
         subjects = subjects[: request.limit]
@@ -147,10 +192,12 @@ def evaluate(request: EvaluationRequest, bundle=None, ablation=None) -> dict:
         subject = load_reference_subject(files)
         if subject is None:
             continue
+        if request.slab:
+            subject = lesion_slab(subject, request.slab)
         reference = subject.seg > 0
         row = reference_row(subject)
         start = time.perf_counter()
-        result = detect(subject, bundle, settings) if bundle is not None else None
+        result = detect_on_input_grid(subject, bundle) if bundle is not None else None
         brain = result.brain_mask if result is not None else brain_mask(subject.images)
         row["seconds"] = round(time.perf_counter() - start, 2)
         predictions = {
@@ -161,7 +208,7 @@ def evaluate(request: EvaluationRequest, bundle=None, ablation=None) -> dict:
             predictions["model"] = result.segmentation > 0
             predictions["autoencoder"] = segment_from_map(result.reconstruction_error, brain).mask
         if ablation is not None:
-            predictions["ablation"] = detect(subject, ablation, settings).segmentation > 0
+            predictions["ablation"] = detect_on_input_grid(subject, ablation).segmentation > 0
         for method, prediction in predictions.items():
             row.update(metric_columns(method, prediction, reference))
         rows.append(row)
@@ -172,7 +219,9 @@ def evaluate(request: EvaluationRequest, bundle=None, ablation=None) -> dict:
     results = {
         "data_dir": str(request.data_dir), "split": request.split, "model": bundle.model_id if bundle else None,
         "ablation_model": ablation.model_id if ablation else None, "settings": settings.to_dict(),
-        "subjects": rows, "summary": summarise(rows, methods, request.bootstrap),
+        "upscale": {"method": upscale.method, "factor": upscale.factor,
+                    "sr_model": getattr(sr_bundle, "model_id", None)} if upscale.method != "none" else None,
+        "slab": request.slab, "subjects": rows, "summary": summarise(rows, methods, request.bootstrap),
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     with open(out_dir / "results.csv", "w", newline="") as handle:

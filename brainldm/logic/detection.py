@@ -43,7 +43,11 @@ class SubjectInputs:
     reference: Path | None = None
 
     def load(self) -> Subject:
-        from brainldm.data.io import find_subjects, load_subject, load_subject_from_paths
+        from brainldm.data.io import (
+            find_subjects,
+            load_subject,
+            load_subject_from_paths,
+        )
 
         if self.subject_dir is not None and self.files:
             raise BrainLDMError("give either --subject or the four sequence files, not both")
@@ -166,13 +170,33 @@ def run_segmentation(
     overwrite: bool = False,
     progress=None,
     cancel=None,
+    upscale=None,
+    sr_model=None,
 ) -> dict:
     """Load the subject and the model (a folder, catalogue id or loaded bundle), detect, write
     everything; return the report. ``settings`` may be a function of the loaded bundle (so that
-    the model's recommended settings fill in what the user left unset)."""
-    from brainldm.detect.pipeline import detect
+    the model's recommended settings fill in what the user left unset).
 
+    ``upscale`` (:class:`brainldm.detect.upscale.UpscaleSettings`) detects on an in-plane
+    upscaled scan (bicubic or the SR model at ``sr_model``) and maps every output back to the
+    input grid (thesis §4.4)."""
+    from brainldm.detect.pipeline import detect
+    from brainldm.detect.upscale import (
+        UpscaleSettings,
+        result_to_input_grid,
+        upscale_subject,
+    )
+
+    upscale = upscale or UpscaleSettings()
     _check_outputs_free(Path(out_dir), overwrite)
+    sr_bundle = None
+    if upscale.method == "sr":
+        from brainldm.sr.bundle import SRBundle
+
+        if sr_model is None:
+            raise BrainLDMError("--upscale sr needs a super-resolution model: pass --sr-model FOLDER "
+                                "(train one with `brainldm train sr`, see docs/super-resolution.md)")
+        sr_bundle = SRBundle.load(sr_model)
     subject = inputs.load()
     if callable(settings):  # settings that depend on the model (its recommended settings)
         bundle = load_model(model)
@@ -181,6 +205,18 @@ def run_segmentation(
             bundle = load_model(model, device=settings.device)
     else:
         bundle = load_model(model, device=settings.device)
-    result = detect(subject, bundle, settings, progress=progress, cancel=cancel)
+    work_subject, upscale_timings = upscale_subject(subject, upscale, sr_bundle, progress=progress)
+    result = detect(work_subject, bundle, settings, progress=progress, cancel=cancel)
+    extra = None
+    if upscale.method != "none":
+        upscaled_metrics = dict(result.metrics)
+        result = result_to_input_grid(result, subject, upscale.factor)
+        result.timings.update(upscale_timings)
+        result.timings["total"] = round(float(result.timings.get("total", 0.0)) + upscale_timings["upscale"], 3)
+        extra = {"upscale": {"method": upscale.method, "factor": upscale.factor,
+                             "sr_model": str(sr_model) if sr_model else None,
+                             "metrics_on_upscaled_grid": upscaled_metrics}}
     return write_detection_outputs(subject, result, Path(out_dir), settings, model_description(bundle),
-                                   overwrite=overwrite)
+                                   overwrite=overwrite, extra_report=extra)
+
+

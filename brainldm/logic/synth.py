@@ -5,7 +5,10 @@
   views, and shows it (four volumes and the exact label map as a segmentation).
 * :func:`synthesize_in_scene` synthesises the painted lesion (thesis §4.3) into the subject shown
   in the scene with a lesion synthesis bundle (``brainldm train synthesis``) and adds the
-  synthetic subject (four volumes and the lesion as a segmentation) to the scene.
+  synthetic subject (four volumes and the lesion as a segmentation) to the scene; with
+  ``out_dir`` it also writes it as files, as ``brainldm synth`` does.
+* :func:`check_synthesis_model` checks a synthesis bundle in full before it is used (a front
+  end's ``--synth-model`` option) and reads its recommended sampling settings.
 * No synthesis model is shipped yet: without one given, :func:`synthesis_status` reports
   "synthesis model not yet available" and the module keeps its Synthesize button disabled with
   that reason instead of pretending; :func:`brainldm.logic.catalogue.find_synthesis_model` picks
@@ -49,6 +52,58 @@ class SynthesisStatus:
 UNAVAILABLE = "synthesis model not yet available"
 
 
+@dataclass(frozen=True)
+class SynthesisModel:
+    """A checked lesion synthesis bundle: where it is, its id and its recommended sampling settings
+    (``bundle.json`` "inference")."""
+
+    path: Path
+    model_id: str
+    shipped: bool = False
+    steps: int = 50
+    guidance: float = 0.0
+
+    @property
+    def label(self) -> str:
+        """What a user interface shows: the model id and where it comes from."""
+        return f"{self.model_id} ({'shipped' if self.shipped else self.path})"
+
+    def settings(self, seed: int = 1):
+        """The :class:`~brainldm.synth.generate.SynthSettings` to synthesise with this model."""
+        from brainldm.synth.generate import SynthSettings
+
+        return SynthSettings(steps=self.steps, guidance=self.guidance, seed=int(seed)).validate()
+
+
+def check_synthesis_model(model: str | Path | None = None, extra_dirs=()) -> SynthesisModel | None:
+    """The synthesis bundle ``model`` (a folder), or without one the shipped synthesis model, checked in
+    full: ``bundle.json`` and the size and SHA-256 of every weight file (no network is built).
+
+    Returns None when no model is given and none is shipped; raises
+    :class:`~brainldm.errors.ModelBundleError` saying what is wrong with a missing or corrupt bundle.
+    """
+    from brainldm.errors import ModelBundleError
+    from brainldm.logic.catalogue import find_synthesis_model
+    from brainldm.nets.synthesis_bundle import SynthesisBundle
+
+    shipped = model is None or not str(model).strip()
+    folder = find_synthesis_model(extra_dirs) if shipped else Path(model).expanduser()
+    if folder is None:
+        return None
+    if not folder.is_dir():
+        raise ModelBundleError(f"{folder} does not exist: give the folder of a lesion synthesis bundle "
+                               "(RUN/bundle of 'brainldm train synthesis').")
+    description = SynthesisBundle.verify(folder)
+    inference = description.get("inference") if isinstance(description.get("inference"), dict) else {}
+    try:
+        steps, guidance = int(inference.get("steps", 50)), float(inference.get("guidance", 0.0))
+    except (TypeError, ValueError) as error:
+        raise ModelBundleError(f"{folder}: the recommended inference settings in bundle.json are not numbers "
+                               f"({inference}); the bundle is corrupt - export it again.") from error
+    return SynthesisModel(path=folder.resolve(), model_id=str(description["model_id"]), shipped=shipped,
+                          steps=steps, guidance=guidance)
+
+
 def synthesis_status(model: str | Path | None = None) -> SynthesisStatus:
     """Whether lesion synthesis can run: with ``model`` (a synthesis bundle folder) when it is a
     valid bundle, without one when a synthesis model is shipped."""
@@ -70,7 +125,7 @@ def synthesis_status(model: str | Path | None = None) -> SynthesisStatus:
 
 
 def synthesize_in_scene(params: SynthParameters, scene=None, model: str | Path | None = None, settings=None,
-                        progress=None, cancel=None) -> mrml.SubjectNodes:
+                        progress=None, cancel=None, out_dir: str | Path | None = None) -> mrml.SubjectNodes:
     """Synthesise the painted lesion into the subject of ``params.reference_volume`` (thesis §4.3).
 
     The subject's four sequences are the scene's volumes named like the reference volume with the
@@ -78,11 +133,14 @@ def synthesize_in_scene(params: SynthParameters, scene=None, model: str | Path |
     the lesion is every painted voxel of ``params.lesion_segmentation``. The synthetic subject is
     added as new nodes ``<name>-synth-<seq>`` plus its lesion segmentation. ``model`` is a
     synthesis bundle (default: a shipped one; an error saying how to train one when there is none).
+    With ``out_dir`` (a new or empty folder) the synthetic subject is also written there as
+    ``brainldm synth`` writes it: ``<name>-synth-t1n.nii.gz`` ... ``-seg.nii.gz`` (the painted lesion)
+    in the reference volumes' grid, and ``synth.json``.
     """
     from brainldm.errors import InputDataError
     from brainldm.logic.catalogue import resolve_synthesis_model
     from brainldm.synth.generate import SynthSettings
-    from brainldm.synth.subjects import load_synthesis_model, synthesise_subject
+    from brainldm.synth.subjects import load_synthesis_model, synthesise_subject, write_synthetic_subject
 
     scene = mrml.get_scene(scene)
     bundle = load_synthesis_model(resolve_synthesis_model(model))
@@ -107,7 +165,21 @@ def synthesize_in_scene(params: SynthParameters, scene=None, model: str | Path |
     settings = settings or SynthSettings(seed=params.seed)
     result = synthesise_subject(subject, lesion, bundle, settings, subject_id=f"{prefix}-synth", progress=progress,
                                 cancel=cancel)
+    if out_dir is not None:
+        write_synthetic_subject(result, subject, out_dir, report=_synthesis_report(result, subject, bundle))
     return mrml.add_subject(result.subject, scene=scene)
+
+
+def _synthesis_report(result, reference, bundle) -> dict:
+    """``synth.json`` of a synthesis in the scene (the fields ``brainldm synth`` writes that apply)."""
+    from brainldm.data.lesion_geometry import inplane_diameter_mm
+
+    return {"subject": result.subject.subject_id, "reference": reference.subject_id,
+            "model": {"model_id": bundle.model_id, "path": str(bundle.path), "mechanism": bundle.mechanism},
+            "lesion": {"source": "painted", "voxels": int(result.lesion.sum()),
+                       "diameter_mm": inplane_diameter_mm(result.lesion, reference.spacing),
+                       "canonical_axial_slices": result.slices},
+            "seconds": round(result.seconds, 2), **result.report}
 
 
 def _volume_nodes(scene) -> list:

@@ -1,4 +1,5 @@
-"""``python -m brainldm.studio [--port P] [--host H] [--model BUNDLE]`` (same as ``brainldm studio``)."""
+"""``python -m brainldm.studio [--port P] [--host H] [--model BUNDLE] [--synth-model SYNTH_BUNDLE]`` (same as
+``brainldm studio``)."""
 
 import sys
 

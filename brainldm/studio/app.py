@@ -6,14 +6,17 @@ server, segment editor) with three panels:
 * **Detect** - C, N and omega sliders, Detect (turns into Cancel) with progress, the anomaly
   or GradDiff map as an overlay with an opacity slider, the four sequences beside their
   healthy counterfactuals, the segmentation in 2D and 3D;
-* **Synthesize** - paint a lesion with Slicer's segment editor, then Synthesize;
+* **Synthesize** - paint a lesion with Slicer's segment editor, then Synthesize with the
+  synthesis model (``--synth-model``, else the shipped one): the synthetic sequences appear beside
+  the subject's, their files are written to the session's folder;
 * **Train** - launch a background training run, follow it, stop it.
 
 A subject comes from an upload (a BraTS subject's files) or is a generated phantom.
 
 The app is thin: widgets and views here, every action one call of
 :class:`brainldm.studio.session.StudioSession`, which calls ``brainldm.logic`` exactly as the
-Slicer modules do. Run it with ``brainldm studio [--port P] [--host H] [--model BUNDLE]``.
+Slicer modules do. Run it with
+``brainldm studio [--port P] [--host H] [--model BUNDLE] [--synth-model SYNTH_BUNDLE]``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout  # noqa: E402
 
 from brainldm.errors import BrainLDMError  # noqa: E402
 from brainldm.logic import mrml  # noqa: E402
+from brainldm.logic import synth as synth_logic  # noqa: E402
 from brainldm.logic import train as train_logic  # noqa: E402
 from brainldm.studio import views as studio_views  # noqa: E402
 from brainldm.studio.session import (  # noqa: E402
@@ -61,14 +65,16 @@ TRAIN_POLL_S = 1.0
 class StudioApp(TrameApp):
     """The studio: one MRML scene, its views and the three panels (one server, one scene)."""
 
-    def __init__(self, server=None, model: str | None = None, model_dirs: tuple[str | Path, ...] = ()):
+    def __init__(self, server=None, model: str | None = None, model_dirs: tuple[str | Path, ...] = (),
+                 synth_model: synth_logic.SynthesisModel | None = None):
         super().__init__(server, client_type="vue3")
         self.server.enable_module(trame_slicer_module)  # window.load_files_by_chunks for uploads
         self.slicer = SlicerApp()
         bind_slicer_globals(self.slicer.scene, self.slicer.volumes_logic, self.slicer.segmentations_logic,
                             self.slicer.color_logic)
         self.session = StudioSession(self.slicer.scene, model_dirs=tuple(model_dirs),
-                                     default_model=str(Path(model).expanduser().resolve()) if model else "")
+                                     default_model=str(Path(model).expanduser().resolve()) if model else "",
+                                     synth_model=synth_model)
         self._uploaded: list[dict] = []
         self._detect_task = None
         self._train_task = None
@@ -116,6 +122,7 @@ class StudioApp(TrameApp):
         s.has_results = False
         s.has_graddiff = False
         s.show_3d = True
+        s.right_column = "counterfactual"  # or "synthetic": what the views beside the sequences show
         s.upload_key = 0
         # synthesize
         s.painting = False
@@ -123,6 +130,10 @@ class StudioApp(TrameApp):
         s.lesion_voxels = 0
         s.synth_error = ""
         s.synth_message = ""
+        s.synth_folder = ""
+        synthesis = self.session.synthesis_model()
+        s.synth_model = synthesis.label if synthesis is not None else ""
+        s.synth_problem = self.session.synthesis_problem()
         # train
         s.train_presets = train_logic.available_presets()
         s.train_preset = "cpu-small" if "cpu-small" in s.train_presets else (s.train_presets or [""])[0]
@@ -142,6 +153,7 @@ class StudioApp(TrameApp):
         s.change("slice_value")(self._on_slice_changed)
         s.change("brush_mm")(self._on_brush_changed)
         s.change("show_3d")(self._on_show_3d_changed)
+        s.change("right_column")(self._on_right_column_changed)
 
     def _detect_controls(self) -> DetectControls:
         s = self.state
@@ -182,7 +194,8 @@ class StudioApp(TrameApp):
 
     def _refresh_views(self, fit: bool = False) -> None:
         studio_views.show_session(self.slicer.view_manager, self.session, overlay=self.state.overlay,
-                                  opacity=float(self.state.opacity), show_3d=bool(self.state.show_3d), fit=fit)
+                                  opacity=float(self.state.opacity), show_3d=bool(self.state.show_3d),
+                                  right_column=self.state.right_column, fit=fit)
         if fit:
             main = self.slicer.view_manager.get_view(studio_views.MAIN)
             low, high = main.get_slice_range()
@@ -198,7 +211,8 @@ class StudioApp(TrameApp):
             self.state.results = ""
             self.state.detect_status = ""
             self.state.lesion_voxels = 0
-            self.state.synth_error = self.state.synth_message = ""
+            self.state.synth_error = self.state.synth_message = self.state.synth_folder = ""
+            self.state.right_column = "counterfactual"
         self._refresh_views(fit=True)
         focus = self.session.focus_ras()
         if focus is not None:  # the slice through the reference tumour's centre
@@ -314,10 +328,12 @@ class StudioApp(TrameApp):
                         if self.state.overlay == "graddiff" and not self.state.has_graddiff:
                             self.state.overlay = "anomaly"
                         self.state.detect_status = "Done."
+                        self.state.right_column = "counterfactual"
                     elif status.state == "failed":
                         self.state.error = f"Detection failed: {status.message}"
                 if status.state == "finished":
                     self._refresh_views()
+                    studio_views.fit_right_column(self.slicer.view_manager, float(self.state.slice_value))
                 self._detect_task = None
                 return
             await asyncio.sleep(DETECT_POLL_S)
@@ -333,6 +349,11 @@ class StudioApp(TrameApp):
     def _on_show_3d_changed(self, **_):
         if self.session.subject is not None:
             self._refresh_views()
+
+    def _on_right_column_changed(self, **_):
+        if self.session.subject is not None:
+            self._refresh_views()
+            studio_views.fit_right_column(self.slicer.view_manager, float(self.state.slice_value))
 
     def _on_slice_changed(self, slice_value, **_):
         studio_views.set_slice_offset(self.slicer.view_manager, float(slice_value))
@@ -380,12 +401,15 @@ class StudioApp(TrameApp):
     async def synthesize(self) -> None:
         with self.state:
             self.state.synth_message = ""
-        result = await self._blocking("Synthesising...", lambda: self.session.synthesize(
+        result = await self._blocking("Synthesising the painted lesion...", lambda: self.session.synthesize(
             float(self.state.phantom_diameter), int(self.state.phantom_seed)), target="synth_error")
         if result is not None:
             with self.state:
-                self.state.synth_message = "Lesion synthesised."
+                self.state.synth_message = result.summary
+                self.state.synth_folder = str(result.folder)
+                self.state.right_column = "synthetic"
             self._refresh_views()
+            studio_views.fit_right_column(self.slicer.view_manager, float(self.state.slice_value))
 
     # ============================================================================== train
 
@@ -560,8 +584,12 @@ class StudioApp(TrameApp):
                      hide_details=True)
 
     def _synth_panel(self) -> None:
-        html.Div("Paint the lesion on the main view (FLAIR), choose its diameter above, then "
-                 "Synthesize.", classes="text-caption mb-2")
+        html.Div("Paint the lesion on the main view (FLAIR), then Synthesize: the synthetic sequences appear "
+                 "in the right-hand column.", classes="text-caption mb-2")
+        html.Div("Synthesis model: {{ synth_model }}", v_if=("synth_model",), classes="text-caption mb-2",
+                 id="synth-model")
+        v3.VAlert(v_if=("synth_problem",), text=("'No lesion synthesis: ' + synth_problem",), type="warning",
+                  density="compact", variant="tonal", classes="mb-2 text-caption", id="synth-model-problem")
         with html.Div(classes="d-flex"):
             v3.VBtn("{{ painting ? 'Stop painting' : 'Paint lesion' }}", click=self.toggle_paint,
                     color=("painting ? 'success' : undefined",), variant="tonal", id="paint-button",
@@ -573,10 +601,18 @@ class StudioApp(TrameApp):
             v3.VSlider(v_model_number=("brush_mm",), min=2, max=40, step=1, hide_details=True, density="compact")
         html.Div("Painted lesion: {{ lesion_voxels }} voxels", classes="text-caption", id="lesion-voxels")
         v3.VBtn("Synthesize", click=self.synthesize, block=True, classes="mt-3", color="primary",
-                id="synthesize-button", disabled=("busy",), prepend_icon="mdi-creation")
+                id="synthesize-button", disabled=("busy || !!synth_problem",), prepend_icon="mdi-creation",
+                title=("synth_problem || 'Synthesise the painted lesion into the subject'",))
         v3.VAlert(v_if=("synth_error",), text=("synth_error",), type="error", density="compact", classes="mt-2",
                   id="synth-error")
         html.Div("{{ synth_message }}", classes="text-caption mt-1", id="synth-message")
+        html.Div("Files: {{ synth_folder }}", v_if=("synth_folder",), classes="text-caption", id="synth-folder",
+                 style="word-break: break-all;")
+        with v3.VBtnToggle(v_model=("right_column",), density="compact", mandatory=True, divided=True,
+                           variant="outlined", classes="mt-2", id="right-column-toggle",
+                           v_show=("synth_folder && has_results",)):
+            v3.VBtn("Counterfactuals", value="counterfactual", size="small")
+            v3.VBtn("Synthetic", value="synthetic", size="small")
 
     def _train_panel(self) -> None:
         v3.VTextField(v_model=("train_data",), label="Training data folder (on the server)", density="compact",
@@ -620,17 +656,29 @@ html { overflow-y: hidden; }
 """
 
 
+def check_synth_model_option(synth_model: str | Path | None) -> synth_logic.SynthesisModel | None:
+    """The ``--synth-model`` bundle, checked in full before the server starts (None when not given:
+    the session then uses the shipped synthesis model, if any)."""
+    if synth_model is None or not str(synth_model).strip():
+        return None
+    try:
+        return synth_logic.check_synthesis_model(synth_model)
+    except BrainLDMError as error:
+        raise BrainLDMError(f"--synth-model {synth_model}: {error}") from error
+
+
 def serve(port: int = 8080, host: str = "localhost", model: str | None = None, open_browser: bool = False,
-          model_dirs: tuple[str | Path, ...] = ()) -> None:
+          model_dirs: tuple[str | Path, ...] = (), synth_model: str | None = None) -> None:
     """Start the studio server (blocks until it is stopped)."""
     from trame.app import get_server
 
     if model and not Path(model).expanduser().is_dir():
         raise BrainLDMError(f"--model {model}: no such model bundle folder.")
+    synthesis = check_synth_model_option(synth_model)
     for name in ("trame_server", "trame_client", "trame_slicer", "wslink", "aiohttp.access"):
         logging.getLogger(name).setLevel(logging.WARNING)  # trame's per-widget INFO lines drown ours
     server = get_server("brainldm-studio", client_type="vue3")
-    app = StudioApp(server, model=model, model_dirs=model_dirs)
+    app = StudioApp(server, model=model, model_dirs=model_dirs, synth_model=synthesis)
     atexit.register(app.close)  # no upload folder or detection worker left behind
 
     def terminate(signum, frame):  # SIGTERM (a service manager, the tests) ends the server like Ctrl+C
@@ -649,4 +697,4 @@ def serve(port: int = 8080, host: str = "localhost", model: str | None = None, o
         app.close()
 
 
-__all__ = ["StudioApp", "serve"]
+__all__ = ["StudioApp", "check_synth_model_option", "serve"]

@@ -1,7 +1,8 @@
 """What BrainLDM Studio does with its MRML scene, without trame and without views.
 
 A :class:`StudioSession` holds one user's scene state (the current subject, the last
-detection's nodes, a running detection job, the painted lesion, the followed training run)
+detection's nodes, a running detection job, the painted lesion, the last synthetic subject,
+the followed training run)
 and turns the values of the studio's widgets into calls of ``brainldm.logic``: the very
 functions the Slicer modules' Logic classes call (``segment``, ``synth``, ``train``,
 ``phantoms``, ``catalogue``). Nothing here computes anything itself, so the browser and the
@@ -77,12 +78,35 @@ class TrainControls:
 
 
 @dataclass
+class SynthesisOutputs:
+    """The last synthesis: the synthetic subject's nodes and the folder its files were written to."""
+
+    nodes: mrml.SubjectNodes
+    folder: Path
+    model: synth_logic.SynthesisModel
+    lesion_voxels: int
+
+    @property
+    def files(self) -> list[Path]:
+        return sorted(self.folder.glob("*.nii.gz"))
+
+    @property
+    def summary(self) -> str:
+        name = self.nodes.reference.GetName().rsplit("-", 1)[0]
+        return (f"Synthesised {name}: the painted lesion ({self.lesion_voxels} voxels) with "
+                f"{self.model.model_id}, {self.model.steps} steps.")
+
+
+@dataclass
 class StudioSession:
     """One scene's worth of studio state; every action is one call into ``brainldm.logic``.
 
     ``work_dir`` receives uploaded files (removed by :meth:`close`); ``model_dirs`` are extra
     folders of shipped models; ``default_model`` (a bundle folder or catalogue id) is
-    preselected in the model list, e.g. from ``brainldm studio --model``.
+    preselected in the model list, e.g. from ``brainldm studio --model``. ``synth_model`` is the
+    checked lesion synthesis bundle (``brainldm studio --synth-model``,
+    :func:`brainldm.logic.synth.check_synthesis_model`); without one the shipped synthesis model
+    is used, if any.
     """
 
     scene: Any
@@ -95,8 +119,12 @@ class StudioSession:
     job: segment_logic.DetectionJob | None = None
     job_parameters: segment_logic.SegmentParameters | None = None
     lesion: Any = None  # the segmentation node the user paints on
+    synth_model: synth_logic.SynthesisModel | None = None
+    synthetic: SynthesisOutputs | None = None
     run_dir: Path | None = None  # the training run followed by the Train panel
+    _synth_problem: str | None = None  # why there is no synthesis model (None: not looked for yet)
     _uploads: int = 0
+    _syntheses: int = 0
     _owns_work_dir: bool = False
 
     # ------------------------------------------------------------------------------ models
@@ -128,6 +156,7 @@ class StudioSession:
         self.cancel_detection()
         self.clear_results()
         self.clear_lesion()
+        self.clear_synthetic()
         if old is not None:
             mrml.remove_nodes([*old.volumes.values(), old.segmentation], self.scene)
         self.subject = nodes
@@ -284,6 +313,21 @@ class StudioSession:
             mrml.remove_nodes([self.lesion], self.scene)
             self.lesion = None
 
+    def synthesis_model(self) -> synth_logic.SynthesisModel | None:
+        """The synthesis model: ``synth_model``, else the shipped one (looked for once), else None."""
+        if self.synth_model is None and self._synth_problem is None:
+            try:
+                self.synth_model = synth_logic.check_synthesis_model(extra_dirs=self.model_dirs)
+            except BrainLDMError as error:
+                self._synth_problem = f"the shipped synthesis model is unusable ({error})"
+            else:
+                self._synth_problem = "" if self.synth_model is not None else synth_logic.UNAVAILABLE
+        return self.synth_model
+
+    def synthesis_problem(self) -> str:
+        """Why lesion synthesis cannot run ("" when a synthesis model is there)."""
+        return "" if self.synthesis_model() is not None else str(self._synth_problem)
+
     def synthesis_parameters(self, diameter_mm: float = 20.0, seed: int = 1) -> synth_logic.SynthParameters:
         params = synth_logic.SynthParameters(
             reference_volume=self.subject.volumes["t2f"] if self.subject else None,
@@ -291,23 +335,52 @@ class StudioSession:
         mrml.write_parameters(mrml.get_parameter_node("BrainLDMSynth", self.scene), params)
         return params
 
-    def synthesize(self, diameter_mm: float = 20.0, seed: int = 1):
-        """Synthesise the painted lesion into the subject (thesis §4.3) through the Synth logic.
+    def synthesis_folder(self) -> Path:
+        """A new folder for the next synthetic subject's files: ``<work_dir>/synthesis/NNN``."""
+        self._syntheses += 1
+        return self.workspace() / "synthesis" / f"{self._syntheses:03d}"
 
-        Raises :class:`BrainLDMError` with the Synth logic's reason while no synthesis model exists.
+    def synthesize(self, diameter_mm: float = 20.0, seed: int = 1) -> SynthesisOutputs:
+        """Synthesise the painted lesion into the subject (thesis §4.3) with the synthesis model, through
+        the Synth logic (:func:`brainldm.logic.synth.synthesize_in_scene`, as the BrainLDMSynth module).
+
+        The synthetic subject replaces the previous one in the scene; its files are written to
+        :meth:`synthesis_folder`. Raises :class:`BrainLDMError` saying why while no synthesis model exists.
         """
-        status = synth_logic.synthesis_status()
-        if not status.available:
-            raise BrainLDMError(f"Lesion synthesis is not available: {status.reason}. "
+        model = self.synthesis_model()
+        if model is None:
+            raise BrainLDMError(f"Lesion synthesis is not available: {self.synthesis_problem()}. "
                                 "Make a phantom with a tumour of the chosen size instead.")
         if self.subject is None:
             raise InputDataError("Load a subject first: upload its four sequence files or make a phantom.")
-        if self.lesion_voxels() == 0:
+        voxels = self.lesion_voxels()
+        if voxels == 0:
             raise InputDataError("Paint the lesion first (Paint lesion, then drag in the main view).")
-        run = getattr(synth_logic, "synthesize_in_scene", None)
-        if run is None:  # pragma: no cover - a synthesis model without its scene logic
-            raise BrainLDMError("This BrainLDM core has no lesion synthesis logic (brainldm.logic.synth); update it.")
-        return run(self.synthesis_parameters(diameter_mm, seed), scene=self.scene)
+        params = self.synthesis_parameters(diameter_mm, seed)
+        folder = self.synthesis_folder()
+        try:
+            nodes = synth_logic.synthesize_in_scene(params, scene=self.scene, model=model.path,
+                                                    settings=model.settings(seed), out_dir=folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        self.clear_synthetic()
+        self.synthetic = SynthesisOutputs(nodes=nodes, folder=folder, model=model, lesion_voxels=voxels)
+        return self.synthetic
+
+    def clear_synthetic(self) -> None:
+        """Remove the last synthetic subject from the scene (its files stay)."""
+        if self.synthetic is not None:
+            nodes = self.synthetic.nodes
+            mrml.remove_nodes([*nodes.volumes.values(), nodes.segmentation], self.scene)
+            self.synthetic = None
+
+    def right_column(self, kind: str) -> dict[str, Any]:
+        """The volumes shown beside the subject's sequences: the healthy counterfactuals of the last
+        detection (``"counterfactual"``) or the last synthetic subject (``"synthetic"``)."""
+        if kind == "synthetic":
+            return dict(self.synthetic.nodes.volumes) if self.synthetic is not None else {}
+        return dict(self.outputs.counterfactuals) if self.outputs is not None else {}
 
     # ------------------------------------------------------------------------------ training
 
@@ -368,6 +441,7 @@ __all__ = [
     "SEQUENCES",
     "DetectControls",
     "StudioSession",
+    "SynthesisOutputs",
     "TrainControls",
     "bind_slicer_globals",
     "sequence_title",

@@ -3,7 +3,8 @@
 Views (singleton tags): ``view_main`` - axial FLAIR with the chosen map as an overlay, the
 segmentations and the painted lesion (painting happens here); ``view_3d`` - the main slice and
 the segmentations as surfaces; ``view_in_<seq>`` / ``view_cf_<seq>`` - each sequence beside its healthy
-counterfactual (one row per sequence).
+counterfactual or, after Synthesize, its synthetic version (one row per sequence; the right-hand
+column's titles follow the state variable ``right_column``).
 
 Which volume goes into which view is display only; the nodes come from the session
 (:class:`brainldm.studio.session.StudioSession`), made by ``brainldm.logic``.
@@ -49,8 +50,13 @@ def studio_layout() -> Layout:
                   flex_sizes=["1", "1"])
 
 
+#: The right-hand column's views, by tag: their titles say what the column shows.
+_RIGHT_COLUMN = {counterfactual_view(s): sequence_title(s) for s in SEQUENCES}
+
+
 def _label(tag: str) -> None:
-    html.Div(VIEW_TITLES.get(tag, tag), classes="brainldm-view-label", id=f"view-{tag}")
+    text = f"{_RIGHT_COLUMN[tag]} {{{{ right_column }}}}" if tag in _RIGHT_COLUMN else VIEW_TITLES.get(tag, tag)
+    html.Div(text, classes="brainldm-view-label", id=f"view-{tag}")
 
 
 def slice_view_ui(server, view_id, view) -> None:
@@ -75,8 +81,12 @@ def _node_id(node) -> str | None:
 
 
 def show_session(view_manager, session, overlay: str = "anomaly", opacity: float = 0.5, show_3d: bool = True,
-                 fit: bool = False) -> None:
-    """Put the session's nodes into the views (background, foreground, segmentations)."""
+                 right_column: str = "counterfactual", fit: bool = False) -> None:
+    """Put the session's nodes into the views (background, foreground, segmentations).
+
+    ``right_column`` ("counterfactual" or "synthetic") picks what the views beside the subject's
+    sequences show; synthetic sequences get their reference's window and level, so only what the
+    synthesis changed looks different."""
     subject = session.subject
     if subject is None:
         return
@@ -85,16 +95,21 @@ def show_session(view_manager, session, overlay: str = "anomaly", opacity: float
     main.set_background_volume_id(_node_id(subject.volumes["t2f"]))
     main.set_foreground_volume_id(_node_id(session.overlay_node(overlay)))
     main.set_foreground_opacity(float(opacity))
-    counterfactuals = session.outputs.counterfactuals if session.outputs is not None else {}
+    beside = session.right_column(right_column)
     for seq in SEQUENCES:
         view = view_manager.get_view(input_view(seq))
         view.set_background_volume_id(_node_id(subject.volumes[seq]))
         view.set_foreground_volume_id(None)
+        if right_column == "synthetic" and beside.get(seq) is not None:
+            match_window_level(beside[seq], subject.volumes[seq])
         view = view_manager.get_view(counterfactual_view(seq))
-        view.set_background_volume_id(_node_id(counterfactuals.get(seq)))
+        view.set_background_volume_id(_node_id(beside.get(seq)))
         view.set_foreground_volume_id(None)
 
     main_id, threed_id = main.get_view_node_id(), threed.get_view_node_id()
+    synthetic = session.synthetic.nodes.segmentation if session.synthetic is not None else None
+    if _node_id(synthetic) is not None and synthetic.GetDisplayNode() is not None:
+        synthetic.GetDisplayNode().SetVisibility(False)  # the painted lesion is shown already
     detected = session.outputs.segmentation if session.outputs is not None else None
     for node, fill in ((subject.segmentation, False), (detected, True), (session.lesion, True)):
         if _node_id(node) is None:
@@ -119,6 +134,25 @@ def show_session(view_manager, session, overlay: str = "anomaly", opacity: float
         camera.OrthogonalizeViewUp()
         threed.renderer().ResetCameraClippingRange()
         threed.schedule_render()
+
+
+def match_window_level(node, reference) -> None:
+    """Show ``node`` with ``reference``'s window and level (display only)."""
+    source, target = reference.GetDisplayNode(), node.GetDisplayNode()
+    if source is None or target is None:
+        return
+    target.AutoWindowLevelOff()
+    target.SetWindowLevel(source.GetWindow(), source.GetLevel())
+
+
+def fit_right_column(view_manager, offset: float) -> None:
+    """Fit the right-hand column's views to their new volumes, on the slice at ``offset`` (mm), so
+    they line up with the subject's sequences beside them."""
+    for seq in SEQUENCES:
+        view = view_manager.get_view(counterfactual_view(seq))
+        view.reset_view()
+        low, high = view.get_slice_range()
+        view.set_slice_value(min(max(float(offset), low), high))
 
 
 def set_foreground_opacity(view_manager, opacity: float) -> None:

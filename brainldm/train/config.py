@@ -21,10 +21,15 @@ one section per stage::
       conditioning: {mechanism: concat, ...}          # brainldm.nets.config.ConditioningConfig
       mask_autoencoder: {model: {in_channels: 2, ...}, lesion_weight: 10, ...}
       denoiser: {model: {condition_channels: 4, ...}, ...}
+    sr:                                               # brainldm.sr.config.SRSettings, only in SR presets
+      conditioning: {mechanism: structural, ...}
+      denoiser: {model: {...}, patch_size: [64, 64], pipelines: [mri, esrgan], ...}
+      inference: {steps: 10, strength: 0.5, overlap: 0.25, ...}
 
 Presets live in ``brainldm/presets/<name>.yaml`` (package data): ``thesis-3d``,
 ``thesis-2d``, ``cpu-small``, ``default``, ``tiny`` and the lesion synthesis presets
-``synth-2d``, ``thesis-synth-2d``, ``thesis-synth-2d-g3wide`` and ``tiny-synth``. A preset or file may start with
+``synth-2d``, ``thesis-synth-2d``, ``thesis-synth-2d-g3wide`` and ``tiny-synth``, and the super-resolution
+presets ``tiny-sr``, ``cpu-sr`` and ``thesis-sr``. A preset or file may start with
 ``extends: <preset>`` to inherit another preset and change only some keys.
 :func:`load_config` accepts a preset name, a YAML path or a dict, plus ``key=value``
 overrides (``--set autoencoder.lr=3e-5``). Unknown keys raise
@@ -51,6 +56,7 @@ from brainldm.nets.config import (
     DiscriminatorConfig,
     cpu_mask_kl_2d,
 )
+from brainldm.sr.config import SRSettings
 from brainldm.train.settings import (
     apply_overrides,
     deep_merge,
@@ -339,12 +345,15 @@ class TrainingConfig:
     autoencoder: AutoencoderStage = field(default_factory=AutoencoderStage)
     denoiser: DenoiserStage = field(default_factory=DenoiserStage)
     synthesis: SynthesisSettings | None = None
+    sr: SRSettings | None = None  # super-resolution (brainldm train sr; brainldm.sr.config)
 
     def validate(self) -> TrainingConfig:
         self.autoencoder.validate()
         self.denoiser.validate(self.autoencoder.model)
         if self.synthesis is not None:
             self.synthesis.validate(self.autoencoder.model)
+        if self.sr is not None:
+            self.sr.validate(self.autoencoder.model)
         if self.precision == "fp16" and not self.device.startswith("cuda") and self.device != "auto":
             raise SettingsError("precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU.")
         return self

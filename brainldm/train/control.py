@@ -23,7 +23,7 @@ from pathlib import Path
 from brainldm.errors import BrainLDMError, SettingsError
 from brainldm.train.rundir import RunDir, RunStatus
 
-STAGES = ("autoencoder", "denoiser", "all", "synthesis")
+STAGES = ("autoencoder", "denoiser", "all", "synthesis", "sr")
 
 
 @dataclass

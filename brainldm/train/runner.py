@@ -12,7 +12,8 @@ SLURM examples), and what can be run by hand::
 Stages: ``autoencoder``, ``denoiser`` (needs ``--autoencoder`` or ``--init BUNDLE``),
 ``all`` (first stage in ``<run>/autoencoder``, denoiser in ``<run>/denoiser``, then a model
 bundle in ``<run>/bundle``) and ``synthesis`` (the lesion synthesis models of
-:mod:`brainldm.train.synthesis`, then a synthesis bundle in ``<run>/bundle``). Exit status: 0 finished or stopped, 2 user error (message in
+:mod:`brainldm.train.synthesis`, then a synthesis bundle in ``<run>/bundle``) and ``sr`` (the super-resolution
+model of :mod:`brainldm.train.sr`, then an SR bundle in ``<run>/bundle``). Exit status: 0 finished or stopped, 2 user error (message in
 the log), 1 unexpected error (traceback in the log).
 """
 
@@ -145,7 +146,7 @@ def train_all(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m brainldm.train.runner",
                                      description="Run one BrainLDM training stage (foreground).")
-    parser.add_argument("--stage", choices=["autoencoder", "denoiser", "all", "synthesis"], required=True)
+    parser.add_argument("--stage", choices=["autoencoder", "denoiser", "all", "synthesis", "sr"], required=True)
     parser.add_argument("--run-dir", "--run", dest="run", type=Path, required=True,
                         help="run folder (created if needed); spell it --run-dir under torchrun")
     parser.add_argument("--data", type=Path, help="folder with the training subjects")
@@ -185,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
                 result = train_synthesis(args.config, args.data, args.run, resume=args.resume, init=args.init,
                                          autoencoder=args.autoencoder, overrides=args.overrides,
                                          show_progress=show_progress)
+            elif args.stage == "sr":
+                from brainldm.train.sr import train_sr
+
+                result = train_sr(args.config, args.data, args.run, resume=args.resume, init=args.init,
+                                  autoencoder=args.autoencoder, overrides=args.overrides, show_progress=show_progress)
             else:
                 result = train_all(args.config, args.data, args.run, resume=args.resume, init=args.init,
                                    overrides=args.overrides, show_progress=show_progress)

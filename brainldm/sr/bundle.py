@@ -1,0 +1,282 @@
+"""SR model bundles: one folder holding everything super-resolution needs.
+
+Layout (the rules of the detection bundles of :mod:`brainldm.nets.bundle`)::
+
+    <bundle>/
+      bundle.json              format "brainldm-sr-bundle" + version, model id, the configs of the
+                               image autoencoder, the denoiser and the structural encoder
+                               (conditioning), preprocessing (intensity normalisation), latent
+                               scale, noise schedule, scale factor, training patch size, the
+                               degradation pipelines trained on, recommended inference settings,
+                               training summary, SHA-256 and size of each weight file
+      autoencoder.pt           image first stage (the sequences of ``channels``)
+      denoiser.pt              SR denoiser
+      structural_encoder.pt    its structural encoder (fed the latent of the bicubic-upsampled image)
+      MODEL_CARD.md
+
+:meth:`SRBundle.load` checks the format, version and every checksum before building the
+networks and fails with one :class:`~brainldm.errors.ModelBundleError` that says what is wrong;
+a detection or synthesis bundle given where an SR bundle is expected is named as such. Bundles
+are written by :func:`brainldm.train.sr.export_sr_bundle`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brainldm.errors import ModelBundleError
+from brainldm.nets.bundle import (
+    BUNDLE_FILE,
+    BUNDLE_FORMAT,
+    MODEL_CARD_FILE,
+    _jsonable,
+    _load_weights,
+    check_weight_files,
+    config_from_dict,
+    config_to_dict,
+    write_bundle_folder,
+)
+
+SR_BUNDLE_FORMAT = "brainldm-sr-bundle"
+#: Version of the SR bundle layout; bump when older readers would misread new bundles.
+SR_BUNDLE_FORMAT_VERSION = 1
+
+AUTOENCODER_FILE = "autoencoder.pt"
+DENOISER_FILE = "denoiser.pt"
+ENCODER_FILE = "structural_encoder.pt"
+WEIGHT_FILES = (AUTOENCODER_FILE, DENOISER_FILE, ENCODER_FILE)
+_DESCRIBED_KEYS = ("format", "format_version", "kind", "model_id", "created", "autoencoder", "denoiser",
+                   "conditioning", "preprocess", "latent_scale", "schedule", "scale", "patch_size", "pipelines",
+                   "inference", "training", "files")
+_REQUIRED_KEYS = ("model_id", "autoencoder", "denoiser", "conditioning", "preprocess", "latent_scale", "schedule",
+                  "scale")
+
+#: What to tell a user who has no SR model (none is shipped).
+HOW_TO_TRAIN = ("train one with 'brainldm train sr --config cpu-sr --data SUBJECTS --out RUN' (phantoms work: "
+                "'brainldm phantom --out SUBJECTS --count 24'), then pass --model RUN/bundle")
+
+
+@dataclass
+class SRBundle:
+    """The SR networks plus everything needed to use them.
+
+    ``model`` is an :class:`~brainldm.sr.model.SRModel`; ``latent_scale`` multiplies latents
+    before diffusion; ``scale`` is the resolution factor (2); ``inference`` holds the recommended
+    :class:`~brainldm.sr.config.SRInferenceSettings` as a dict.
+    """
+
+    autoencoder: torch.nn.Module
+    model: torch.nn.Module
+    autoencoder_config: Any
+    denoiser_config: Any
+    conditioning_config: Any
+    preprocess_config: Any
+    latent_scale: float
+    schedule_config: dict[str, Any]
+    model_id: str
+    scale: float = 2.0
+    patch_size: tuple[int, ...] = ()
+    pipelines: tuple[str, ...] = ()
+    inference: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    model_card: str = ""
+    format_version: int = SR_BUNDLE_FORMAT_VERSION
+    path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def schedule(self):
+        from brainldm.diffusion.schedule import NoiseSchedule
+
+        return NoiseSchedule.from_config(dict(self.schedule_config))
+
+    @property
+    def compression(self) -> int:
+        return int(getattr(self.autoencoder, "compression", 1))
+
+    @property
+    def channels(self) -> int:
+        return int(self.autoencoder_config.in_channels)
+
+    @property
+    def train_strength(self) -> float:
+        """The highest SDEdit strength the model was trained for (``sr.denoiser.train_strength``; 1 if unknown)."""
+        config = (self.training.get("sr") or {}).get("config") or {}
+        try:
+            return float(config.get("train_strength", 1.0))
+        except (TypeError, ValueError):
+            return 1.0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.autoencoder.parameters()).device
+
+    def inference_settings(self, **changes: Any):
+        """The bundle's recommended :class:`~brainldm.sr.config.SRInferenceSettings`, with ``changes``."""
+        from brainldm.sr.config import SRInferenceSettings
+
+        known = {k: v for k, v in self.inference.items() if k in SRInferenceSettings.__dataclass_fields__}
+        return SRInferenceSettings.from_dict(known).with_changes(**changes)
+
+    def to(self, device: str | torch.device) -> SRBundle:
+        self.autoencoder.to(device)
+        self.model.to(device)
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        described = {
+            "format": SR_BUNDLE_FORMAT,
+            "format_version": self.format_version,
+            "kind": "super-resolution",
+            "model_id": self.model_id,
+            "created": self.training.get("exported", time.strftime("%Y-%m-%dT%H:%M:%S")),
+            "autoencoder": {"config": config_to_dict(self.autoencoder_config)},
+            "denoiser": {"config": config_to_dict(self.denoiser_config)},
+            "conditioning": config_to_dict(self.conditioning_config),
+            "preprocess": config_to_dict(self.preprocess_config),
+            "latent_scale": float(self.latent_scale),
+            "schedule": config_to_dict(self.schedule_config),
+            "scale": float(self.scale),
+            "patch_size": [int(s) for s in self.patch_size],
+            "pipelines": list(self.pipelines),
+            "inference": _jsonable(self.inference),
+            "training": _jsonable(self.training),
+        }
+        for key, value in self.extra.items():
+            described.setdefault(str(key), _jsonable(value))
+        return described
+
+    # ------------------------------------------------------------------ save
+    def save(self, folder: str | os.PathLike[str], overwrite: bool = False) -> Path:
+        """Write the bundle folder (built in a temporary sibling, then moved into place)."""
+        modules = {AUTOENCODER_FILE: self.autoencoder, DENOISER_FILE: self.model.denoiser,
+                   ENCODER_FILE: self.model.encoder}
+        self.path = write_bundle_folder(folder, modules, self.model_card or f"# {self.model_id}\n", self.describe(),
+                                        overwrite)
+        return self.path
+
+    # ------------------------------------------------------------------ load
+    @staticmethod
+    def read_description(folder: str | os.PathLike[str]) -> dict[str, Any]:
+        """Read and check ``bundle.json`` only (no weights are loaded)."""
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise ModelBundleError(f"SR model folder {folder} does not exist; {HOW_TO_TRAIN}.")
+        path = folder / BUNDLE_FILE
+        if not path.is_file():
+            raise ModelBundleError(f"{folder} is not a BrainLDM SR model bundle: {BUNDLE_FILE} is missing.")
+        try:
+            description = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise ModelBundleError(f"{path} is unreadable or not valid JSON ({error}); the bundle is corrupt - "
+                                   "export it again.") from error
+        kind = description.get("format") if isinstance(description, dict) else None
+        if kind == BUNDLE_FORMAT:
+            raise ModelBundleError(f"{folder} is a detection model bundle, not an SR model; {HOW_TO_TRAIN}.")
+        if kind == "brainldm-synthesis-bundle":
+            raise ModelBundleError(f"{folder} is a lesion synthesis model bundle, not an SR model; {HOW_TO_TRAIN}.")
+        if kind != SR_BUNDLE_FORMAT:
+            raise ModelBundleError(f"{path} does not describe a BrainLDM SR model bundle.")
+        version = description.get("format_version")
+        if version != SR_BUNDLE_FORMAT_VERSION:
+            raise ModelBundleError(
+                f"The SR bundle {folder} has format version {version!r}, but this BrainLDM reads version "
+                f"{SR_BUNDLE_FORMAT_VERSION}. "
+                + ("Update BrainLDM to use it." if isinstance(version, int) and version > SR_BUNDLE_FORMAT_VERSION
+                   else "Export the model again with this BrainLDM version."))
+        for key in _REQUIRED_KEYS:
+            if key not in description:
+                raise ModelBundleError(f"{path} lacks the entry '{key}'; the bundle is incomplete.")
+        return description
+
+    @classmethod
+    def verify(cls, folder: str | os.PathLike[str]) -> dict[str, Any]:
+        """Check bundle.json and the presence, size and SHA-256 of every weight file."""
+        folder = Path(folder).expanduser()
+        description = cls.read_description(folder)
+        check_weight_files(folder, WEIGHT_FILES, description.get("files", {}), what="SR model bundle")
+        return description
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], device: str | torch.device = "cpu",
+             verify: bool = True) -> SRBundle:
+        """Load an SR bundle onto ``device`` (networks in eval mode, gradients off)."""
+        from brainldm.data.preprocess import PreprocessConfig
+        from brainldm.nets.autoencoder import build_autoencoder
+        from brainldm.nets.config import (
+            AutoencoderConfig,
+            ConditioningConfig,
+            DenoiserConfig,
+        )
+        from brainldm.sr.model import build_sr_model
+
+        if str(device) == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        folder = Path(folder).expanduser().resolve()
+        description = cls.verify(folder) if verify else cls.read_description(folder)
+        ae_config = config_from_dict(AutoencoderConfig, description["autoencoder"].get("config"), "autoencoder")
+        dn_config = config_from_dict(DenoiserConfig, description["denoiser"].get("config"), "denoiser")
+        conditioning = config_from_dict(ConditioningConfig, description["conditioning"], "conditioning")
+        pre_config = config_from_dict(PreprocessConfig, description["preprocess"], "preprocessing")
+        try:
+            latent_scale = float(description["latent_scale"])
+            scale = float(description["scale"])
+        except (TypeError, ValueError) as error:
+            raise ModelBundleError("The SR bundle's latent_scale or scale is not a number.") from error
+        try:
+            autoencoder = build_autoencoder(ae_config)
+            model = build_sr_model(dn_config, conditioning)
+        except Exception as error:
+            raise ModelBundleError(f"The networks described by {folder / BUNDLE_FILE} cannot be built with this "
+                                   f"BrainLDM version: {error}") from error
+        _load_weights(autoencoder, folder / AUTOENCODER_FILE, "autoencoder")
+        _load_weights(model.denoiser, folder / DENOISER_FILE, "denoiser")
+        _load_weights(model.encoder, folder / ENCODER_FILE, "structural encoder")
+        for module in (autoencoder, model):
+            module.eval()
+            module.requires_grad_(False)
+            module.to(device)
+        card_path = folder / MODEL_CARD_FILE
+        card = card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else ""
+        return cls(
+            autoencoder=autoencoder,
+            model=model,
+            autoencoder_config=ae_config,
+            denoiser_config=dn_config,
+            conditioning_config=conditioning,
+            preprocess_config=pre_config,
+            latent_scale=latent_scale,
+            schedule_config=dict(description["schedule"]),
+            model_id=str(description["model_id"]),
+            scale=scale,
+            patch_size=tuple(int(s) for s in description.get("patch_size", ())),
+            pipelines=tuple(str(p) for p in description.get("pipelines", ())),
+            inference=dict(description.get("inference", {})),
+            training=dict(description.get("training", {})),
+            model_card=card,
+            format_version=int(description["format_version"]),
+            path=folder,
+            extra={k: v for k, v in description.items() if k not in _DESCRIBED_KEYS},
+        )
+
+
+def is_sr_bundle(folder: str | os.PathLike[str]) -> bool:
+    """True when ``folder`` holds a bundle.json of the SR format (nothing else is checked)."""
+    path = Path(folder).expanduser() / BUNDLE_FILE
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == SR_BUNDLE_FORMAT
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
+__all__ = ["HOW_TO_TRAIN", "SR_BUNDLE_FORMAT", "SR_BUNDLE_FORMAT_VERSION", "SRBundle", "is_sr_bundle"]
