@@ -113,7 +113,7 @@ def _add_upscale_options(p: argparse.ArgumentParser) -> None:
 
 
 def _upscale_settings(args: argparse.Namespace):
-    from brainldm.detect.upscale import UpscaleSettings
+    from brainldm.sr.upscale import UpscaleSettings
     from brainldm.errors import SettingsError
 
     if args.upscale == "sr" and args.sr_model is None:

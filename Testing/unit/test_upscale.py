@@ -11,7 +11,7 @@ from test_detect_pipeline import FAST, tiny_bundle
 
 from brainldm.data.subject import Subject
 from brainldm.detect.settings import DetectionSettings
-from brainldm.detect.upscale import (
+from brainldm.sr.upscale import (
     UpscaleSettings,
     block_mean,
     result_to_input_grid,

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from brainldm.detect.settings import DetectionSettings
-from brainldm.detect.upscale import UpscaleSettings
+from brainldm.sr.upscale import UpscaleSettings
 from brainldm.errors import BrainLDMError
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def evaluate(request: EvaluationRequest, bundle=None, ablation=None, sr_bundle=N
     from brainldm.data.preprocess import brain_mask
     from brainldm.detect.maps import segment_from_map
     from brainldm.detect.pipeline import detect
-    from brainldm.detect.upscale import result_to_input_grid, upscale_subject
+    from brainldm.sr.upscale import result_to_input_grid, upscale_subject
     from brainldm.evaluate.baselines import flair_otsu, flair_percentile
 
     settings = request.settings.validate()

@@ -177,11 +177,11 @@ def run_segmentation(
     everything; return the report. ``settings`` may be a function of the loaded bundle (so that
     the model's recommended settings fill in what the user left unset).
 
-    ``upscale`` (:class:`brainldm.detect.upscale.UpscaleSettings`) detects on an in-plane
+    ``upscale`` (:class:`brainldm.sr.upscale.UpscaleSettings`) detects on an in-plane
     upscaled scan (bicubic or the SR model at ``sr_model``) and maps every output back to the
     input grid (thesis §4.4)."""
     from brainldm.detect.pipeline import detect
-    from brainldm.detect.upscale import (
+    from brainldm.sr.upscale import (
         UpscaleSettings,
         result_to_input_grid,
         upscale_subject,
