@@ -143,6 +143,42 @@ def write_bundle_folder(folder: str | os.PathLike[str], weights: dict[str, torch
     return folder
 
 
+def read_bundle_json(folder: Path, fmt: str, version: int, required: tuple[str, ...], what: str, how_to_train: str,
+                     other_formats: dict[str, str] | None = None) -> dict[str, Any]:
+    """Read and check a bundle folder's ``bundle.json`` (no weights): it exists, is JSON, declares
+    ``fmt`` at ``version`` and holds the ``required`` keys; each problem is one clear message.
+
+    ``what`` names the kind of model in messages ("synthesis model", "SR model");
+    ``other_formats`` maps other bundle formats to what they are, so a wrong bundle is named.
+    """
+    if not folder.is_dir():
+        raise ModelBundleError(f"{what[0].upper() + what[1:]} folder {folder} does not exist; {how_to_train}.")
+    path = folder / "bundle.json"
+    if not path.is_file():
+        raise ModelBundleError(f"{folder} is not a BrainLDM {what} bundle: bundle.json is missing.")
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ModelBundleError(f"{path} is unreadable or not valid JSON ({error}); the bundle is corrupt - "
+                               "export it again.") from error
+    kind = description.get("format") if isinstance(description, dict) else None
+    for other, name in (other_formats or {}).items():
+        if kind == other:
+            raise ModelBundleError(f"{folder} is a {name} bundle, not a {what}; {how_to_train}.")
+    if kind != fmt:
+        raise ModelBundleError(f"{path} does not describe a BrainLDM {what} bundle.")
+    found = description.get("format_version")
+    if found != version:
+        raise ModelBundleError(
+            f"The {what} bundle {folder} has format version {found!r}, but this BrainLDM reads version {version}. "
+            + ("Update BrainLDM to use it." if isinstance(found, int) and found > version
+               else "Export the model again with this BrainLDM version."))
+    for key in required:
+        if key not in description:
+            raise ModelBundleError(f"{path} lacks the entry '{key}'; the bundle is incomplete.")
+    return description
+
+
 def check_weight_files(folder: Path, names, recorded: dict[str, Any], what: str = "model bundle") -> None:
     """Every weight file in ``names`` is present, with the size and SHA-256 ``bundle.json`` records."""
     for name in names:

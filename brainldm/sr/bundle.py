@@ -41,6 +41,7 @@ from brainldm.nets.bundle import (
     check_weight_files,
     config_from_dict,
     config_to_dict,
+    read_bundle_json,
     write_bundle_folder,
 )
 
@@ -167,35 +168,8 @@ class SRBundle:
     @staticmethod
     def read_description(folder: str | os.PathLike[str]) -> dict[str, Any]:
         """Read and check ``bundle.json`` only (no weights are loaded)."""
-        folder = Path(folder).expanduser()
-        if not folder.is_dir():
-            raise ModelBundleError(f"SR model folder {folder} does not exist; {HOW_TO_TRAIN}.")
-        path = folder / BUNDLE_FILE
-        if not path.is_file():
-            raise ModelBundleError(f"{folder} is not a BrainLDM SR model bundle: {BUNDLE_FILE} is missing.")
-        try:
-            description = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as error:
-            raise ModelBundleError(f"{path} is unreadable or not valid JSON ({error}); the bundle is corrupt - "
-                                   "export it again.") from error
-        kind = description.get("format") if isinstance(description, dict) else None
-        if kind == BUNDLE_FORMAT:
-            raise ModelBundleError(f"{folder} is a detection model bundle, not an SR model; {HOW_TO_TRAIN}.")
-        if kind == "brainldm-synthesis-bundle":
-            raise ModelBundleError(f"{folder} is a lesion synthesis model bundle, not an SR model; {HOW_TO_TRAIN}.")
-        if kind != SR_BUNDLE_FORMAT:
-            raise ModelBundleError(f"{path} does not describe a BrainLDM SR model bundle.")
-        version = description.get("format_version")
-        if version != SR_BUNDLE_FORMAT_VERSION:
-            raise ModelBundleError(
-                f"The SR bundle {folder} has format version {version!r}, but this BrainLDM reads version "
-                f"{SR_BUNDLE_FORMAT_VERSION}. "
-                + ("Update BrainLDM to use it." if isinstance(version, int) and version > SR_BUNDLE_FORMAT_VERSION
-                   else "Export the model again with this BrainLDM version."))
-        for key in _REQUIRED_KEYS:
-            if key not in description:
-                raise ModelBundleError(f"{path} lacks the entry '{key}'; the bundle is incomplete.")
-        return description
+        return read_bundle_json(Path(folder).expanduser(), SR_BUNDLE_FORMAT, SR_BUNDLE_FORMAT_VERSION, tuple(_REQUIRED_KEYS), "SR model",
+                                HOW_TO_TRAIN, {BUNDLE_FORMAT: "detection model", "brainldm-synthesis-bundle": "lesion synthesis model"})
 
     @classmethod
     def verify(cls, folder: str | os.PathLike[str]) -> dict[str, Any]:
