@@ -51,6 +51,9 @@ def _add_detection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--encoder", choices=["edict", "ddim"], default=None,
                        help=f"inversion (default: the model's, else {d.encoder})")
     group.add_argument("--steps", type=int, default=None, help=f"N, diffusion steps (default: the model's, else {d.steps})")
+    group.add_argument("--noise-level", type=int, default=None, metavar="L",
+                       help="timestep the inversion reaches, 1-1000 (default: the model's, else all 1000); "
+                            "e.g. 400-600 as in the 2D DDIM literature")
     group.add_argument("--guidance", type=_positive_float, default=None,
                        help=f"C, classifier-free guidance (default: the model's, else {d.guidance:g})")
     group.add_argument("--mix", type=float, default=None,
@@ -74,7 +77,7 @@ def _detection_settings(args: argparse.Namespace, bundle=None):
     return DetectionSettings.for_model(
         getattr(bundle, "inference", None),
         encoder=args.encoder, steps=args.steps, guidance=args.guidance, mix=args.mix,
-        threshold=args.threshold, overlap=args.overlap, mode=args.mode, mask_brain=args.mask_brain,
+        noise_level=args.noise_level, threshold=args.threshold, overlap=args.overlap, mode=args.mode, mask_brain=args.mask_brain,
         seed=args.seed, device=args.device,
     )
 
@@ -183,7 +186,8 @@ def cmd_grid_search(args: argparse.Namespace) -> int:
     from brainldm.logic.detection import load_model
 
     base = DetectionSettings(encoder=args.encoder, threshold=args.threshold, overlap=args.overlap, mode=args.mode,
-                             mask_brain=args.mask_brain, seed=args.seed, device=args.device)
+                             mask_brain=args.mask_brain, seed=args.seed, device=args.device,
+                             noise_level=args.noise_level)
     mix = args.mix if args.mix is not None else ("0.93,0.97" if args.encoder == "edict" else str(base.mix))
     request = GridSearchRequest(
         data_dir=args.data, out_dir=args.out, split=args.split, settings=base, limit=args.limit,
@@ -640,6 +644,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", default="25,50", help="N values, comma-separated (default %(default)s)")
     p.add_argument("--guidance", default="0,3,5,10", help="C values, comma-separated (default %(default)s)")
     p.add_argument("--mix", default=None, help="omega values, comma-separated (default 0.93,0.97; EDICT only)")
+    p.add_argument("--noise-level", type=int, default=0, metavar="L",
+                   help="timestep the inversion reaches for every combination (default 0 = all 1000)")
     p.add_argument("--encoder", choices=["edict", "ddim"], default="edict")
     p.add_argument("--threshold", choices=["otsu", "graddiff"], default="otsu")
     p.add_argument("--overlap", type=float, choices=[0.0, 0.25, 0.5], default=0.25)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -32,20 +33,23 @@ GRID = dict(encoder="edict", steps="50", guidance="3,5,10,15", mix="0.97")  # --
 
 
 def run(command: list[str]) -> None:
+    if command[0] == "brainldm":  # this interpreter's package, also where the script is not installed
+        command = [sys.executable, "-m", "brainldm", *command[1:]]
     print("$", " ".join(command), flush=True)
     subprocess.run(command, check=True)
 
 
-def make_phantoms(folder: Path, spec: dict) -> None:
+def make_phantoms(folder: Path, spec: dict, workers: int = 1) -> None:
     from brainldm.data.phantom import make_phantom_dataset
 
-    if (folder / "phantoms.json").is_file():
+    manifest = folder / "phantoms.json"
+    if manifest.is_file() and len(json.loads(manifest.read_text())["subjects"]) == spec["n"]:
         print(f"phantoms already in {folder}", flush=True)
         return
-    make_phantom_dataset(folder, **spec)
+    make_phantom_dataset(folder, **spec, workers=workers)
 
 
-def train(work: Path, config: str, data: Path) -> Path:
+def train(work: Path, config: str, data: Path, overrides: list[str]) -> Path:
     run_dir = work / "run"
     bundle = run_dir / "bundle"
     if (bundle / "bundle.json").is_file():
@@ -53,6 +57,8 @@ def train(work: Path, config: str, data: Path) -> Path:
         return bundle
     command = ["brainldm", "train", "all", "--data", str(data), "--out", str(run_dir)]
     command += ["--resume"] if (run_dir / "config.yaml").is_file() else ["--config", config]
+    for override in overrides:
+        command += ["--set", override]
     run(command)
     if not (bundle / "bundle.json").is_file():
         raise SystemExit(f"training ended without a bundle in {bundle}; see {run_dir / 'train.log'}")
@@ -97,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="inversion searched by the grid (default %(default)s)")
     parser.add_argument("--steps", default=GRID["steps"], help="N values of the grid (default %(default)s)")
     parser.add_argument("--guidance", default=GRID["guidance"], help="C values of the grid (default %(default)s)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a training setting (passed to brainldm train), e.g. device=cpu")
+    parser.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
+                        help="processes generating phantoms (default %(default)s)")
+    parser.add_argument("--stop-after", choices=["train", "card"], default="card",
+                        help="'train': stop once the bundle is trained (e.g. on a rented GPU); run again "
+                             "without it to measure and write the card (finished steps are skipped)")
     args = parser.parse_args(argv)
     GRID.update(encoder=args.encoder, steps=args.steps, guidance=args.guidance)
 
@@ -105,10 +118,13 @@ def main(argv: list[str] | None = None) -> int:
 
     work = args.work.resolve()
     start = time.time()
-    make_phantoms(work / "data" / "train", TRAIN_PHANTOMS)
-    make_phantoms(work / "data" / "validation", VALIDATION_PHANTOMS)
-    make_phantoms(work / "data" / "test", TEST_PHANTOMS)
-    bundle_dir = train(work, args.config, work / "data" / "train")
+    make_phantoms(work / "data" / "train", TRAIN_PHANTOMS, args.workers)
+    bundle_dir = train(work, args.config, work / "data" / "train", args.set)
+    if args.stop_after == "train":
+        print(f"trained bundle in {bundle_dir} ({(time.time() - start) / 60:.1f} min); stopping as asked", flush=True)
+        return 0
+    make_phantoms(work / "data" / "validation", VALIDATION_PHANTOMS, args.workers)
+    make_phantoms(work / "data" / "test", TEST_PHANTOMS, args.workers)
     best = choose_settings(bundle_dir, work / "data" / "validation", work / "grid")
     phantoms = evaluate(bundle_dir, work / "data" / "test", work / "eval-phantoms")
     real_dir = args.shared_data / "brats_like"
@@ -121,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (float(ae.get("seconds", 0)) + float(dn.get("seconds", 0))) / 60
     machine = machine_description()
     card = (bundle_dir / "MODEL_CARD.md").read_text().split("## Limitations")[0]
-    card += (f"- Training time: {minutes:.0f} min on {machine} (first stage {float(ae.get('seconds', 0)) / 60:.0f} min, "
+    card += (f"- Training time: {minutes:.0f} min on {training.get('machine', machine)} (first stage {float(ae.get('seconds', 0)) / 60:.0f} min, "
              f"denoiser {float(dn.get('seconds', 0)) / 60:.0f} min); phantoms: {TRAIN_PHANTOMS}.\n\n")
     card += (f"- Detection settings (bundle.json \"inference\"): {best['settings']}, chosen by "
              f"`brainldm grid-search` with {GRID['encoder'].upper()} over N = {GRID['steps']}, C = {GRID['guidance']}"

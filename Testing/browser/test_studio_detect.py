@@ -104,7 +104,8 @@ def test_phantom_detect_shows_segmentation_and_overlay(page, screenshots):
     graddiff = page.locator("#overlay-toggle button", has_text="GradDiff")
     assert graddiff.is_enabled()
     graddiff.click()
-    time.sleep(1.0)
+    # (waits for the re-render: under load one second was not always enough)
+    wait_for_view(page, MAIN, lambda p: mean_difference(p, plain) < 2, what="the FLAIR under a zero GradDiff map")
     assert mean_difference(settled_view(page, MAIN), plain) < 2
     page.locator("#overlay-toggle button", has_text="Anomaly").click()
     wait_for_view(page, MAIN, lambda p: mean_difference(p, plain) > 2, what="the anomaly overlay again")

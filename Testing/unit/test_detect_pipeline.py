@@ -104,6 +104,16 @@ def test_guidance_changes_the_counterfactual(toy_subject):
     assert np.abs(low.counterfactual - high.counterfactual).max() > 0
 
 
+def test_noise_level_changes_the_counterfactual_and_is_validated(toy_subject):
+    full = detect(toy_subject, tiny_bundle(), DetectionSettings(encoder="ddim", **FAST))
+    part = detect(toy_subject, tiny_bundle(), DetectionSettings(encoder="ddim", noise_level=200, **FAST))
+    assert np.abs(full.counterfactual - part.counterfactual).max() > 0
+    assert DetectionSettings.for_model({"noise_level": 300}).noise_level == 300
+    for bad in (dict(noise_level=-1), dict(noise_level=1001), dict(steps=50, noise_level=20)):
+        with pytest.raises(SettingsError):
+            DetectionSettings(**bad).validate()
+
+
 def test_windows_mode_runs_and_counts_windows(toy_subject):
     bundle = tiny_bundle("sin")
     result = detect(toy_subject, bundle, DetectionSettings(mode="auto", overlap=0.5, **FAST))

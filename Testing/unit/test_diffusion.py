@@ -375,9 +375,40 @@ def test_guidance_changes_generation(schedule):
     assert (plain - guided).abs().max() > 1e-3
 
 
+def test_timestep_pairs_with_a_noise_level():
+    # L = 400 in 4 steps: stride 100, the inversion stops at t = 300
+    assert timestep_pairs(4, 1000, noise_level=400) == [(300, 200), (200, 100), (100, 0), (0, -1)]
+    # N = L: unit steps up to t = L - 1 (the thesis' "N encoding steps" read as the noise level)
+    pairs = timestep_pairs(500, 1000, noise_level=500)
+    assert pairs[0] == (499, 498) and pairs[-1] == (0, -1) and len(pairs) == 500
+    assert timestep_pairs(50, 1000, noise_level=1000) == timestep_pairs(50, 1000)
+    for steps, level in ((5, 4), (1, 0), (1, 1001)):
+        with pytest.raises(SettingsError):
+            timestep_pairs(steps, 1000, noise_level=level)
+
+
+@pytest.mark.parametrize("method", ["edict", "ddim"])
+def test_partial_inversion_reaches_the_noise_level_and_edict_still_round_trips(schedule, method):
+    model = NonlinearNoiseModel(seed=7)
+    eps_fn = unconditional(model)
+    z0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    seen = []
+    settings = SamplerSettings(method, 20, 0.97, noise_level=300)
+    zT = invert(z0, eps_fn, schedule, settings, callback=lambda i, n, t, info: seen.append(t))
+    assert max(seen) == 285  # (N - 1) * (L // N)
+    full = invert(z0, eps_fn, schedule, SamplerSettings(method, 20, 0.97))
+    # a partly noised latent stays closer to the input than one noised all the way
+    part_x, full_x = (v[0] if isinstance(v, tuple) else v for v in (zT, full))
+    assert (part_x - z0).abs().mean() < (full_x - z0).abs().mean()
+    if method == "edict":
+        x, _ = generate(zT, eps_fn, schedule, settings)
+        assert (x - z0).abs().max().item() < 1e-10
+
+
 def test_sampler_settings_validation(schedule):
     for bad in (SamplerSettings("ddpm"), SamplerSettings(num_steps=0), SamplerSettings(omega=0.0),
-                SamplerSettings(omega=1.5)):
+                SamplerSettings(omega=1.5), SamplerSettings(num_steps=50, noise_level=40),
+                SamplerSettings(noise_level=0), SamplerSettings(noise_level=2000)):
         with pytest.raises(SettingsError):
             bad.validate()
     with pytest.raises(TypeError):

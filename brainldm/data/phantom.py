@@ -955,6 +955,30 @@ def phantom_overview_png(subject: Subject, path: str | Path, slice_index: int | 
     return path
 
 
+def _write_one_phantom(spec: PhantomSpec, out: Path, png: bool) -> tuple[Path, dict]:
+    """Generate and write one subject; returns its folder and its ``phantoms.json`` entry."""
+    result = generate_phantom(spec)
+    folder = write_phantom_subject(result.subject, out, png=png)
+    entry = {
+        "subject_id": spec.resolved_id,
+        "seed": spec.seed,
+        "anatomy": spec.anatomy,
+        "healthy": not spec.tumours,
+        "tumours": [
+            {
+                "centre": list(p.centre),
+                "target_diameter_mm": p.target_diameter_mm,
+                "diameter_mm": p.diameter_mm,
+                "axial_slice": p.axial_slice,
+                "voxels": p.voxels,
+            }
+            for p in result.tumours
+        ],
+        "spec": {k: v for k, v in asdict(spec).items() if k not in ("tumours",)},
+    }
+    return folder, entry
+
+
 def make_phantom_dataset(
     out_dir: str | Path,
     n: int,
@@ -965,6 +989,7 @@ def make_phantom_dataset(
     anatomy: str = "mni152",
     tumours_per_subject: int = 1,
     png: bool = False,
+    workers: int = 1,
 ) -> list[Path]:
     """Write ``n`` phantom subjects (BraTS 2023 folders) plus ``phantoms.json`` describing them.
 
@@ -973,6 +998,7 @@ def make_phantom_dataset(
     ``healthy_fraction`` of subjects (rounded) has no tumour, the others
     ``tumours_per_subject`` tumours with diameters drawn from ``diameters``.
     ``progress`` is ``True`` for a tqdm bar, ``False`` for none, or a callable ``(done, total)``.
+    ``workers`` > 1 generates that many subjects at once in separate processes (same files).
     Returns the subject folders.
     """
     if n < 1:
@@ -995,40 +1021,38 @@ def make_phantom_dataset(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n, desc="phantoms", unit="subject")
-    manifest = []
-    folders = []
+    specs = []
     for i in range(n):
         tumours = (
             [] if i in healthy else [TumourSpec(float(master.choice(diameters))) for _ in range(tumours_per_subject)]
         )
-        spec = PhantomSpec(seed=seeds[i], subject_id=f"Phantom-{seed:04d}-{i:04d}", tumours=tumours, anatomy=anatomy)
-        result = generate_phantom(spec)
-        folders.append(write_phantom_subject(result.subject, out, png=png))
-        manifest.append(
-            {
-                "subject_id": spec.resolved_id,
-                "seed": spec.seed,
-                "anatomy": anatomy,
-                "healthy": not tumours,
-                "tumours": [
-                    {
-                        "centre": list(p.centre),
-                        "target_diameter_mm": p.target_diameter_mm,
-                        "diameter_mm": p.diameter_mm,
-                        "axial_slice": p.axial_slice,
-                        "voxels": p.voxels,
-                    }
-                    for p in result.tumours
-                ],
-                "spec": {k: v for k, v in asdict(spec).items() if k not in ("tumours",)},
-            }
-        )
+        specs.append(PhantomSpec(seed=seeds[i], subject_id=f"Phantom-{seed:04d}-{i:04d}", tumours=tumours,
+                                 anatomy=anatomy))
+    manifest: list[dict] = []
+    folders: list[Path] = []
+
+    def finished(entry: tuple[Path, dict]) -> None:
+        folders.append(entry[0])
+        manifest.append(entry[1])
         # rewritten after every subject, so an interrupted run still describes what it wrote
         (out / "phantoms.json").write_text(json.dumps({"seed": seed, "subjects": manifest}, indent=1))
         if bar is not None:
             bar.update(1)
         elif callable(progress):
-            progress(i + 1, n)
+            progress(len(manifest), n)
+
+    workers = max(1, min(int(workers), n))
+    if workers == 1:
+        for spec in specs:
+            finished(_write_one_phantom(spec, out, png))
+    else:
+        # subjects are independent; results are taken in order, so the output does not depend on workers
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for entry in pool.map(_write_one_phantom, specs, [out] * n, [png] * n):
+                finished(entry)
     if bar is not None:
         bar.close()
     return folders

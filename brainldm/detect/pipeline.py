@@ -41,7 +41,7 @@ from brainldm.detect.maps import GradDiffRecorder, anomaly_map, graddiff_map, gr
 from brainldm.detect.settings import DetectionResult, DetectionSettings
 from brainldm.detect.windows import SliceBatchDenoiser, SlidingWindowDenoiser, WholeVolumeDenoiser
 from brainldm.diffusion.guidance import make_noise_fn
-from brainldm.diffusion.sampler import SamplerSettings, chain_callbacks, final_latent, generate, invert
+from brainldm.diffusion.sampler import chain_callbacks, final_latent, generate, invert
 from brainldm.errors import BrainLDMError, SettingsError
 from brainldm.evaluate.metrics import segmentation_metrics
 from brainldm.nets.cpu_speed import use_onednn_convolutions
@@ -192,6 +192,7 @@ class InvertedLatent:
     mix: float
     seconds: float
     denoiser_calls: int
+    noise_level: int = 0
 
 
 def _layout(settings: DetectionSettings) -> tuple:
@@ -282,7 +283,7 @@ def invert_latent(encoded: EncodedSubject, settings: DetectionSettings | None = 
     _check_layout(encoded, settings)
     report = progress or (lambda stage, fraction: None)
     bundle = encoded.bundle
-    sampler = SamplerSettings(method=settings.encoder, num_steps=settings.steps, omega=settings.mix)
+    sampler = settings.sampler_settings()
     calls_before = encoded.net.calls
     start = time.perf_counter()
     with _memory_errors(encoded.mode), torch.inference_mode():
@@ -291,6 +292,7 @@ def invert_latent(encoded: EncodedSubject, settings: DetectionSettings | None = 
         z_T = invert(encoded.z0, eps_null, bundle.schedule, sampler,
                      callback=_step_progress(report, 0.05, "inversion"), cancel=cancel)
     return InvertedLatent(latent=z_T, encoder=settings.encoder, steps=settings.steps, mix=settings.mix,
+                          noise_level=settings.noise_level,
                           seconds=round(time.perf_counter() - start, 3),
                           denoiser_calls=int(encoded.net.calls - calls_before))
 
@@ -312,11 +314,13 @@ def counterfactual_from_inversion(
     """
     settings = (settings or DetectionSettings()).validate()
     _check_layout(encoded, settings)
-    if (inverted.encoder, inverted.steps) != (settings.encoder, settings.steps) or (
+    if (inverted.encoder, inverted.steps, inverted.noise_level) != (settings.encoder, settings.steps,
+                                                                     settings.noise_level) or (
             settings.encoder == "edict" and inverted.mix != settings.mix):
         raise SettingsError(
-            f"the latent was inverted with {inverted.encoder} N={inverted.steps} omega={inverted.mix}, "
-            f"not {settings.encoder} N={settings.steps} omega={settings.mix}; invert it again with these settings")
+            f"the latent was inverted with {inverted.encoder} N={inverted.steps} L={inverted.noise_level or 'T'} "
+            f"omega={inverted.mix}, not {settings.encoder} N={settings.steps} L={settings.noise_level or 'T'} "
+            f"omega={settings.mix}; invert it again with these settings")
     report = progress or (lambda stage, fraction: None)
     timer = _Timer()
     warnings: list[str] = []
@@ -324,7 +328,7 @@ def counterfactual_from_inversion(
     mask = prepared.mask
     n_steps = settings.steps
     want_graddiff = settings.threshold == "graddiff" if record_graddiff is None else bool(record_graddiff)
-    sampler = SamplerSettings(method=settings.encoder, num_steps=n_steps, omega=settings.mix)
+    sampler = settings.sampler_settings()
     calls_before = net.calls
     with _memory_errors(mode), torch.inference_mode():
         recorder = GradDiffRecorder(n_steps) if want_graddiff else None

@@ -20,6 +20,7 @@ class DetectionSettings:
 
     encoder: Literal["edict", "ddim"] = "edict"
     steps: int = 50  # N: DDIM/EDICT steps for inversion and for generation
+    noise_level: int = 0  # L: timestep the inversion reaches (0 = all T; thesis N in [400, 600] for DDIM)
     guidance: float = 5.0  # C in Eq. 2.45
     mix: float = 0.97  # EDICT mixing weight omega (Eq. 2.52)
     threshold: Literal["otsu", "graddiff"] = "otsu"
@@ -36,6 +37,12 @@ class DetectionSettings:
             raise SettingsError(f"encoder must be 'edict' or 'ddim', got {self.encoder!r}")
         if not 1 <= self.steps <= 1000:
             raise SettingsError(f"steps (N) must be between 1 and 1000, got {self.steps}")
+        if not 0 <= self.noise_level <= 1000:
+            raise SettingsError(f"noise level (L) must be between 1 and 1000 (0 = all timesteps), "
+                                f"got {self.noise_level}")
+        if self.noise_level and self.steps > self.noise_level:
+            raise SettingsError(f"steps (N = {self.steps}) cannot exceed the noise level (L = {self.noise_level}): "
+                                "each step moves at least one timestep")
         if not 0.0 <= self.guidance <= 50.0:
             raise SettingsError(f"guidance (C) must be between 0 and 50 (thesis uses 0-20), got {self.guidance}")
         if not 0.5 < self.mix <= 1.0:
@@ -51,8 +58,16 @@ class DetectionSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def sampler_settings(self):
+        """The trajectory these settings walk (:class:`brainldm.diffusion.sampler.SamplerSettings`)."""
+        from brainldm.diffusion.sampler import SamplerSettings
+
+        return SamplerSettings(method=self.encoder, num_steps=self.steps, omega=self.mix,
+                               noise_level=self.noise_level or None)
+
     #: Settings a model bundle may recommend (``bundle.json`` ``"inference"``, chosen by grid search).
-    MODEL_DEFAULTS = ("encoder", "steps", "guidance", "mix", "threshold", "opening_radius", "mask_brain")
+    MODEL_DEFAULTS = ("encoder", "steps", "noise_level", "guidance", "mix", "threshold", "opening_radius",
+                      "mask_brain")
 
     @classmethod
     def for_model(cls, inference: dict | None = None, **overrides) -> "DetectionSettings":

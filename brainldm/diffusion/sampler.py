@@ -53,20 +53,28 @@ class SamplerSettings:
 
     ``method``: ``"ddim"`` (Eq. 2.33/2.47) or ``"edict"`` (Eq. 2.50-2.54); ``num_steps``: N;
     ``omega``: EDICT mixing weight (thesis grid 0.91-0.99, best 0.97); ``leapfrog``: alternate the
-    EDICT update order every step.
+    EDICT update order every step; ``noise_level``: the timestep ``L`` the inversion stops at
+    (None = all ``T``; see :func:`brainldm.diffusion.schedule.timestep_pairs`).
     """
 
     method: Literal["ddim", "edict"] = "edict"
     num_steps: int = 50
     omega: float = 0.97
     leapfrog: bool = True
+    noise_level: int | None = None  # L: highest timestep the inversion reaches (None = T)
 
     def validate(self, num_train_timesteps: int = 1000) -> "SamplerSettings":
         if self.method not in ("ddim", "edict"):
             raise SettingsError(f"sampler method must be 'ddim' or 'edict', got {self.method!r}")
-        if not 1 <= int(self.num_steps) <= num_train_timesteps:
+        span = num_train_timesteps if self.noise_level is None else int(self.noise_level)
+        if not 1 <= span <= num_train_timesteps:
             raise SettingsError(
-                f"number of steps N must be between 1 and {num_train_timesteps}, got {self.num_steps}"
+                f"noise level L must be between 1 and {num_train_timesteps}, got {self.noise_level}"
+            )
+        if not 1 <= int(self.num_steps) <= span:
+            raise SettingsError(
+                f"number of steps N must be between 1 and {span}"
+                f"{' (the noise level L)' if span < num_train_timesteps else ''}, got {self.num_steps}"
             )
         if self.method == "edict":
             check_mixing_weight(self.omega)
@@ -165,7 +173,7 @@ def invert(
     encodes with the null label (§3.4.3). Returns ``z_T`` (DDIM) or ``(x_T, y_T)`` (EDICT).
     """
     settings.validate(schedule.num_train_timesteps)
-    pairs = timestep_pairs(settings.num_steps, schedule.num_train_timesteps)
+    pairs = timestep_pairs(settings.num_steps, schedule.num_train_timesteps, settings.noise_level)
     n = len(pairs)
     if settings.method == "edict":
         x, y = z0, z0
@@ -204,7 +212,7 @@ def generate(
     Returns ``z_0`` (DDIM) or ``(x_0, y_0)`` (EDICT; :func:`final_latent` gives ``x_0``).
     """
     settings.validate(schedule.num_train_timesteps)
-    pairs = timestep_pairs(settings.num_steps, schedule.num_train_timesteps)
+    pairs = timestep_pairs(settings.num_steps, schedule.num_train_timesteps, settings.noise_level)
     n = len(pairs)
     if settings.method == "edict":
         x, y = z_T if isinstance(z_T, tuple) else (z_T, z_T)

@@ -127,23 +127,33 @@ class NoiseSchedule:
         return abar**0.5 * x0 + (1.0 - abar) ** 0.5 * eps
 
 
-def timestep_pairs(num_steps: int, num_train_timesteps: int = 1000) -> list[tuple[int, int]]:
+def timestep_pairs(num_steps: int, num_train_timesteps: int = 1000,
+                   noise_level: int | None = None) -> list[tuple[int, int]]:
     """Explicit ``(t, t_prev)`` pairs of an N-step DDIM/EDICT subsequence, in generation order.
 
-    Timesteps are ``k * (T // N)`` for ``k = 0..N-1`` (the DDIM "uniform" subsequence of
-    Song et al. 2021 used by MONAI/diffusers); each generation step goes from ``t`` to
-    ``t_prev = t - T // N`` and the last goes to ``t_prev = -1`` (``abar = 1``, the clean
-    latent). Inversion walks the same pairs in reverse (``t_prev -> t``). Example,
-    ``N = 4, T = 1000``: ``[(750, 500), (500, 250), (250, 0), (0, -1)]``.
+    Timesteps are ``k * (L // N)`` for ``k = 0..N-1`` with ``L = T`` by default (the DDIM
+    "uniform" subsequence of Song et al. 2021 used by MONAI/diffusers); each generation step
+    goes from ``t`` to ``t_prev = t - L // N`` and the last goes to ``t_prev = -1``
+    (``abar = 1``, the clean latent). Inversion walks the same pairs in reverse
+    (``t_prev -> t``). Example, ``N = 4, T = 1000``: ``[(750, 500), (500, 250), (250, 0), (0, -1)]``.
 
-    When ``N`` does not divide ``T`` the highest timestep is ``(N - 1) * (T // N)``
+    ``noise_level`` ``L < T`` stops the inversion part-way, at about timestep ``L`` (the noise
+    level of Wolleb et al. 2022 and Sanchez et al. 2022, whose DDIM encodings use
+    ``L`` = 400-600 of ``T`` = 1000, thesis §3.4.6): the input is only partly noised, so the
+    anatomy survives and guidance edits what differs from healthy. ``N = L`` takes unit steps.
+
+    When ``N`` does not divide ``L`` the highest timestep is ``(N - 1) * (L // N)``
     (e.g. ``N = 600`` reaches ``t = 599``), as in MONAI's scheduler.
     """
     num_steps = int(num_steps)
     T = int(num_train_timesteps)
-    if not 1 <= num_steps <= T:
-        raise SettingsError(f"number of diffusion steps N must be between 1 and {T}, got {num_steps}")
-    stride = T // num_steps
+    span = T if noise_level is None else int(noise_level)
+    if not 1 <= span <= T:
+        raise SettingsError(f"noise level L must be between 1 and {T} (the training timesteps), got {span}")
+    if not 1 <= num_steps <= span:
+        raise SettingsError(f"number of diffusion steps N must be between 1 and {span} (the noise level), "
+                            f"got {num_steps}")
+    stride = span // num_steps
     ts = [k * stride for k in range(num_steps)]
     pairs = []
     for k in range(num_steps - 1, -1, -1):

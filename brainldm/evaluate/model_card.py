@@ -7,10 +7,10 @@ card's numbers are always produced by the same commands a user can rerun.
 
 from __future__ import annotations
 
-import os
-import platform
 from pathlib import Path
 from typing import Any
+
+from brainldm.machine import machine_description  # re-exported: the model card script imports it from here
 
 METHOD_NAMES = {
     "model": "BrainLDM (this model)",
@@ -19,20 +19,6 @@ METHOD_NAMES = {
     "flair-otsu": "FLAIR Otsu threshold",
     "ablation": "uniform-sampler ablation",
 }
-
-
-def machine_description() -> str:
-    """CPU model and core count of this machine (for 'trained/measured on')."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{name}, {cores} cores, no GPU"
 
 
 def _fmt_stat(stat: dict | None, digits: int = 3) -> str:

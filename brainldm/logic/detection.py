@@ -45,7 +45,6 @@ class SubjectInputs:
     def load(self) -> Subject:
         from brainldm.data.io import (
             find_subjects,
-            load_subject,
             load_subject_from_paths,
         )
 

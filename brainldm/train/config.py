@@ -79,7 +79,10 @@ class StageSettings:
     training time, counted across resumes. ``patience`` counts validations without an
     improvement of at least ``min_delta`` (0 = never stop early). ``freeze`` lists
     sub-modules (attribute paths, e.g. ``net.encoder``) whose weights stay fixed, for
-    fine-tuning with ``--init``.
+    fine-tuning with ``--init``. 2D models: when the training volumes (first stage) or latents
+    (denoiser) take at most ``stacked_sampler_mb`` they are stacked on the training device and
+    whole batches are drawn at once (:mod:`brainldm.train.slice_sampler`, same distribution;
+    0 = always the per-patch sampler).
     """
 
     patch_size: tuple[int, ...] = (64, 64, 64)
@@ -100,6 +103,7 @@ class StageSettings:
     max_minutes: float = 0.0
     flip_prob: float = 0.5
     freeze: list[str] = field(default_factory=list)
+    stacked_sampler_mb: float = 2048.0
 
     def validate_common(self, section: str, spatial_dims: int) -> None:
         if len(self.patch_size) != spatial_dims:
@@ -116,8 +120,10 @@ class StageSettings:
             raise SettingsError(f"{section}.ema_decay must be in [0, 1) (0 = no EMA), got {self.ema_decay}.")
         if not 0.0 <= self.flip_prob <= 1.0:
             raise SettingsError(f"{section}.flip_prob must be in [0, 1], got {self.flip_prob}.")
-        if self.val_patches < 0 or self.patience < 0 or self.grad_clip < 0 or self.max_minutes < 0:
-            raise SettingsError(f"{section}: val_patches, patience, grad_clip and max_minutes must be >= 0.")
+        if (self.val_patches < 0 or self.patience < 0 or self.grad_clip < 0 or self.max_minutes < 0
+                or self.stacked_sampler_mb < 0):
+            raise SettingsError(f"{section}: val_patches, patience, grad_clip, max_minutes and stacked_sampler_mb "
+                                "must be >= 0.")
 
 
 @dataclass

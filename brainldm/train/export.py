@@ -23,6 +23,7 @@ import torch
 
 from brainldm.data.preprocess import PreprocessConfig
 from brainldm.errors import BrainLDMError, ModelBundleError
+from brainldm.machine import machine_description
 from brainldm.nets.autoencoder import build_autoencoder
 from brainldm.nets.bundle import (
     AUTOENCODER_FILE,
@@ -257,6 +258,7 @@ def export_bundle(
     data = dict(state.get("data", {}))
     training: dict[str, Any] = {
         "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "machine": machine_description(),
         "config_name": config.get("name"),
         "checkpoint": checkpoint,
         "first_stage_fingerprint": fingerprint,

@@ -462,6 +462,8 @@ class SynthesisTrainer(DenoiserTrainer):
     """Trains the mask-conditioned denoiser (``concat``) or the structural encoder beside a frozen
     denoiser (``structural``); see the module docstring."""
 
+    stacked_sampler = False  # pairs every latent window with its mask latent (PairedLatentSampler)
+
     stage = "synthesis"
 
     def __init__(self, config: TrainingConfig, data_dir, run_dir, autoencoder: str | Path | None = None,

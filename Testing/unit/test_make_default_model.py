@@ -1,0 +1,40 @@
+"""Resources/models/make_default_model.py: the GPU-rental path (--stop-after train, --set, --workers)
+trains a real (tiny) bundle on generated phantoms and stops before measuring anything."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "Resources" / "models" / "make_default_model.py"
+
+
+@pytest.fixture()
+def script(monkeypatch):
+    spec = importlib.util.spec_from_file_location("make_default_model", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # a test-sized training set; everything else is the script as shipped
+    monkeypatch.setattr(module, "TRAIN_PHANTOMS", dict(n=2, seed=3, diameters=(20,), healthy_fraction=0.5))
+    return module
+
+
+def test_stop_after_train_gives_a_bundle_and_measures_nothing(script, tmp_path, capsys):
+    work = tmp_path / "work"
+    code = script.main(["--work", str(work), "--config", "tiny", "--stop-after", "train", "--workers", "2",
+                        "--set", "autoencoder.max_steps=2", "--set", "denoiser.max_steps=2",
+                        "--set", "split.train=1.0", "--set", "split.val=0.0", "--set", "split.test=0.0"])
+    assert code == 0
+    bundle = work / "run" / "bundle"
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["training"]["machine"]  # where it was trained (a GPU when there is one)
+    assert manifest["training"]["denoiser"]["step"] == 2
+    assert len(json.loads((work / "data" / "train" / "phantoms.json").read_text())["subjects"]) == 2
+    # nothing measured yet: no validation/test phantoms, no grid search, no card numbers
+    assert not (work / "data" / "validation").exists() and not (work / "grid").exists()
+    assert "stopping as asked" in capsys.readouterr().out
+    # run again: the trained bundle is reused, not retrained
+    mtime = (bundle / "denoiser.pt").stat().st_mtime_ns
+    assert script.main(["--work", str(work), "--config", "tiny", "--stop-after", "train"]) == 0
+    assert (bundle / "denoiser.pt").stat().st_mtime_ns == mtime
