@@ -77,7 +77,8 @@ def _detection_settings(args: argparse.Namespace, bundle=None):
     return DetectionSettings.for_model(
         getattr(bundle, "inference", None),
         encoder=args.encoder, steps=args.steps, guidance=args.guidance, mix=args.mix,
-        noise_level=args.noise_level, threshold=args.threshold, overlap=args.overlap, mode=args.mode, mask_brain=args.mask_brain,
+        noise_level=args.noise_level, threshold=args.threshold, overlap=args.overlap, mode=args.mode,
+        mask_brain=args.mask_brain,
         seed=args.seed, device=args.device,
     )
 

@@ -175,7 +175,8 @@ def test_autoencoder_fine_tuning_with_frozen_encoder(ae_run, data_dir, tmp_path)
                           show_progress=False)
 
 
-def test_two_dimensional_slices(data_dir, tmp_path):
+def test_two_dimensional_slices(data_dir, tmp_path, caplog):
+    caplog.set_level("INFO", logger="brainldm.train")
     overrides = [
         *tiny_overrides(max_steps=3, every=3),
         "autoencoder.model.spatial_dims=2", "autoencoder.patch_size=[32,32]", "autoencoder.model.attention=false",
@@ -191,6 +192,8 @@ def test_two_dimensional_slices(data_dir, tmp_path):
     state = load_checkpoint(RunDir(tmp_path / "dn2d").last_checkpoint)
     assert state["config"]["autoencoder"]["model"]["spatial_dims"] == 2
     assert all(np.isfinite(r["mse"]) for r in train_records(tmp_path / "dn2d"))
+    # small 2D data: both stages drew whole batches from the stacked slices / latents
+    assert "2D training slices stacked on cpu" in caplog.text and "2D latents stacked on cpu" in caplog.text
 
 
 def test_adversarial_loss_after_warm_up(data_dir, tmp_path):

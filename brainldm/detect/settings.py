@@ -7,6 +7,7 @@ from typing import Literal
 
 import numpy as np
 
+from brainldm.diffusion.sampler import SamplerSettings
 from brainldm.errors import SettingsError
 
 
@@ -58,10 +59,8 @@ class DetectionSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def sampler_settings(self):
-        """The trajectory these settings walk (:class:`brainldm.diffusion.sampler.SamplerSettings`)."""
-        from brainldm.diffusion.sampler import SamplerSettings
-
+    def sampler_settings(self) -> SamplerSettings:
+        """The trajectory these settings walk."""
         return SamplerSettings(method=self.encoder, num_steps=self.steps, omega=self.mix,
                                noise_level=self.noise_level or None)
 

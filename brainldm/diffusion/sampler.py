@@ -66,16 +66,7 @@ class SamplerSettings:
     def validate(self, num_train_timesteps: int = 1000) -> "SamplerSettings":
         if self.method not in ("ddim", "edict"):
             raise SettingsError(f"sampler method must be 'ddim' or 'edict', got {self.method!r}")
-        span = num_train_timesteps if self.noise_level is None else int(self.noise_level)
-        if not 1 <= span <= num_train_timesteps:
-            raise SettingsError(
-                f"noise level L must be between 1 and {num_train_timesteps}, got {self.noise_level}"
-            )
-        if not 1 <= int(self.num_steps) <= span:
-            raise SettingsError(
-                f"number of steps N must be between 1 and {span}"
-                f"{' (the noise level L)' if span < num_train_timesteps else ''}, got {self.num_steps}"
-            )
+        timestep_pairs(self.num_steps, num_train_timesteps, self.noise_level)  # checks N and L
         if self.method == "edict":
             check_mixing_weight(self.omega)
         return self

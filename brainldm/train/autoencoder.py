@@ -76,11 +76,12 @@ class AutoencoderTrainer(StageTrainer):
         self.skipped = list(data.skipped)
         self.data_summary = {**data.summary(), "n_train": len(data.train), "n_val": len(data.val)}
         s = self.settings
-        self.sampler = ImagePatchSampler(data.train, s.patch_size, s.flip_prob, self.rng)
         if len(s.patch_size) == 2 and 0 < stacked_image_bytes(data.train) <= s.stacked_sampler_mb * 2**20:
             self.sampler = DeviceImageSliceSampler(data.train, s.patch_size, s.flip_prob, self.rng, self.device)
             log.info("2D training slices stacked on %s (%.0f MB): whole batches drawn at once", self.device,
                      self.sampler.nbytes / 2**20)
+        else:
+            self.sampler = ImagePatchSampler(data.train, s.patch_size, s.flip_prob, self.rng)
         # Fixed validation patches (same for every validation and across resumes).
         val_rng = np.random.default_rng([self.config.seed, 7919])
         val_sampler = ImagePatchSampler(data.val, s.patch_size, 0.0, val_rng)

@@ -185,30 +185,22 @@ def prepare_training_data(
     records: dict[str, VolumeRecord | str] = {}
     share = used if (cache_dir is None or not context.enabled) else used[context.rank :: context.world_size]
     workers = preparation_workers(len(share)) if workers is None else max(1, min(int(workers), len(share)))
-    if workers <= 1:
-        for index, files in enumerate(share):
-            if should_stop is not None and should_stop():
-                raise StopRequested("stop requested while preparing data")
-            if progress is not None:
-                progress(index, len(share), files.subject_id)
-            records[files.subject_id] = _prepare_one(files, preprocess, cache_dir)
-    else:
-        # NIfTI decompression and the numpy work release the GIL: threads give a 2-4x speed-up
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="brainldm-prepare") as pool:
-            futures = {pool.submit(_prepare_one, files, preprocess, cache_dir): files for files in share}
-            try:
-                for index, future in enumerate(as_completed(futures)):
-                    if should_stop is not None and should_stop():
-                        raise StopRequested("stop requested while preparing data")
-                    files = futures[future]
-                    if progress is not None:
-                        progress(index, len(share), files.subject_id)
-                    records[files.subject_id] = future.result()
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-        records = {files.subject_id: records[files.subject_id] for files in share}  # keep the folder order
+    # NIfTI decompression and the numpy work release the GIL: several threads give a 2-4x speed-up
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="brainldm-prepare") as pool:
+        futures = {pool.submit(_prepare_one, files, preprocess, cache_dir): files for files in share}
+        try:
+            for index, future in enumerate(as_completed(futures)):
+                if should_stop is not None and should_stop():
+                    raise StopRequested("stop requested while preparing data")
+                files = futures[future]
+                if progress is not None:
+                    progress(index, len(share), files.subject_id)
+                records[files.subject_id] = future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    records = {files.subject_id: records[files.subject_id] for files in share}  # the folder's order
     context.barrier()
     if cache_dir is not None and context.enabled:
         for files in used:

@@ -49,7 +49,7 @@ from brainldm.train.data import (
 from brainldm.train.distributed import wrap_ddp
 from brainldm.train.loop import StageTrainer, apply_freeze
 from brainldm.train.rundir import atomic_write_bytes, atomic_write_text
-from brainldm.train.slice_sampler import DeviceSliceSampler, device_sampler_fits
+from brainldm.train.slice_sampler import DeviceSliceSampler, stacked_bytes
 from brainldm.train.state import ExponentialMovingAverage
 
 log = logging.getLogger("brainldm.train")
@@ -182,13 +182,15 @@ class DenoiserTrainer(StageTrainer):
             self.latent_scale = latent_scale_of([r for r in train if not r.flipped])
         log.info("latent_scale = %.6g", self.latent_scale)
         latent_patch = s.latent_patch_size(compression)
-        self.sampler = LatentPatchSampler(train, latent_patch, s.diseased_fraction, s.sampler, self.rng, s.flip_prob)
         if (self.stacked_sampler and len(latent_patch) == 2
-                and device_sampler_fits(train, int(s.stacked_sampler_mb * 2**20))):
+                and 0 < stacked_bytes(train) <= s.stacked_sampler_mb * 2**20):
             self.sampler = DeviceSliceSampler(train, latent_patch, s.diseased_fraction, self.rng, s.flip_prob,
                                               self.device)
             log.info("2D latents stacked on %s (%.0f MB): whole batches drawn at once", self.device,
                      self.sampler.nbytes / 2**20)
+        else:
+            self.sampler = LatentPatchSampler(train, latent_patch, s.diseased_fraction, s.sampler, self.rng,
+                                              s.flip_prob)
         val_rng = np.random.default_rng([self.config.seed, 104729])
         self.val_sampler = LatentPatchSampler(val, latent_patch, s.diseased_fraction, s.sampler, val_rng, 0.0)
         self.val_patches = [self.val_sampler.draw() for _ in range(max(s.val_patches, 1))]

@@ -15,7 +15,7 @@ draws the same distribution for a whole batch at once:
 
 All latents are stacked (zero-padded to the largest grid) in one tensor on the device and the
 windows are gathered by advanced indexing, so a batch costs a handful of tensor operations.
-Used for 2D models when the stack fits ``max_bytes`` (see :func:`device_sampler_fits`).
+Used for 2D models when :func:`stacked_bytes` fits the stage's ``stacked_sampler_mb``.
 """
 
 from __future__ import annotations
@@ -35,10 +35,6 @@ def stacked_bytes(records: Sequence[LatentRecord]) -> int:
         return 0
     shapes = np.array([r.latent.shape for r in records])
     return int(len(records) * np.prod(shapes.max(axis=0)) * 4)
-
-
-def device_sampler_fits(records: Sequence[LatentRecord], max_bytes: int) -> bool:
-    return 0 < stacked_bytes(records) <= max_bytes
 
 
 class DeviceSliceSampler:
