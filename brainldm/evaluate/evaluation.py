@@ -229,7 +229,12 @@ def evaluate(request: EvaluationRequest, bundle=None, ablation=None, sr_bundle=N
         writer.writeheader()
         writer.writerows(rows)
     name = bundle.model_id if bundle else "FLAIR baselines"
-    results_figure(rows, methods, out_dir / "results.png", title=f"{name} on {Path(request.data_dir).name}")
+    title = f"{name} on {Path(request.data_dir).name}"
+    if upscale.method != "none":  # the none / interpolate / SR figures must be told apart
+        title += f"\nupscaled {upscale.factor}x: {upscale.method}"
+    if request.slab:
+        title += f" ({request.slab}-slice slabs)" if upscale.method != "none" else f"\n{request.slab}-slice slabs"
+    results_figure(rows, methods, out_dir / "results.png", title=title)
     return results
 
 
