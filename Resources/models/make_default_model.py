@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 TRAIN_PHANTOMS = dict(n=40, seed=0, diameters=(5, 10, 15, 20, 30, 40), healthy_fraction=0.2)
 TEST_PHANTOMS = dict(n=12, seed=777, diameters=(10, 20), healthy_fraction=0.0)
 VALIDATION_PHANTOMS = dict(n=4, seed=555, diameters=(10, 20), healthy_fraction=0.0)  # choose C, never tested on
-GRID = dict(encoder="edict", steps="50", guidance="3,5,10,15", mix="0.97")  # --encoder/--steps/--guidance change it
+GRID = dict(encoder="edict", steps="50", guidance="3,5,10,15", mix="0.97", noise_level=0)  # options change it
 
 
 def run(command: list[str]) -> None:
@@ -65,11 +65,30 @@ def train(work: Path, config: str, data: Path, overrides: list[str]) -> Path:
     return bundle
 
 
+def finetune(work: Path, preset: str, data: Path, start: Path) -> Path:
+    """Fine-tune the denoiser of the ``start`` bundle with ``preset`` (its first stage kept);
+    export the result to ``<work>/finetune/bundle``."""
+    run_dir = work / "finetune"
+    bundle = run_dir / "bundle"
+    if (bundle / "bundle.json").is_file():
+        print(f"fine-tuned bundle already in {bundle}", flush=True)
+        return bundle
+    command = ["brainldm", "train", "denoiser", "--data", str(data), "--out", str(run_dir)]
+    if (run_dir / "config.yaml").is_file():
+        command += ["--resume"]
+    else:
+        command += ["--config", preset, "--init", str(start), "--autoencoder", str(start)]
+    run(command)
+    run(["brainldm", "export", str(run_dir), "--out", str(bundle)])
+    return bundle
+
+
 def choose_settings(bundle: Path, data: Path, out: Path) -> dict:
     """Grid-search the detection settings on validation phantoms; store the best in bundle.json."""
     if not (out / "grid.json").is_file():
         command = ["brainldm", "grid-search", "--data", str(data), "--split", "all", "--model", str(bundle),
                    "--encoder", GRID["encoder"], "--steps", GRID["steps"], "--guidance", GRID["guidance"], "--out", str(out)]
+        command += ["--noise-level", str(GRID["noise_level"])]
         run(command + (["--mix", GRID["mix"]] if GRID["encoder"] == "edict" else []))
     best = json.loads((out / "grid.json").read_text())["best"]
     manifest = json.loads((bundle / "bundle.json").read_text())
@@ -91,6 +110,25 @@ def demo(bundle: Path, out: Path) -> dict:
     return json.loads((out / "report.json").read_text())
 
 
+def training_time_line(training: dict, machine: str) -> str:
+    """'- Training time: ...' for the card: each stage's minutes and machine (a fine-tuned denoiser
+    names the run it started from)."""
+    ae, dn = training.get("autoencoder", {}), training.get("denoiser", {})
+    here = training.get("machine", machine)
+    minutes = lambda record: float(record.get("seconds", 0)) / 60  # noqa: E731
+    line = f"- Training time: first stage {minutes(ae):.1f} min on {ae.get('machine', here)}; denoiser "
+    init = dn.get("init") or {}
+    if init.get("denoiser"):
+        first = init["denoiser"]
+        line += (f"{minutes(first):.1f} min on {init.get('machine', '?')} ({first.get('step')} steps, windows "
+                 f"{first.get('patch_size')}, batch {first.get('batch_size')}), then fine-tuned for "
+                 f"{minutes(dn):.1f} min on {here} ({dn.get('step')} steps, windows {dn.get('config', {}).get('patch_size')}, "
+                 f"batch {dn.get('config', {}).get('batch_size')})")
+    else:
+        line += f"{minutes(dn):.1f} min on {here} ({dn.get('step')} steps)"
+    return line + f"; training phantoms: {TRAIN_PHANTOMS}.\n\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("default-model-work"), help="working folder")
@@ -103,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="inversion searched by the grid (default %(default)s)")
     parser.add_argument("--steps", default=GRID["steps"], help="N values of the grid (default %(default)s)")
     parser.add_argument("--guidance", default=GRID["guidance"], help="C values of the grid (default %(default)s)")
+    parser.add_argument("--noise-level", type=int, default=GRID["noise_level"], metavar="L",
+                        help="timestep the inversion reaches in the grid (default %(default)s = all 1000)")
+    parser.add_argument("--finetune", metavar="PRESET",
+                        help="after training (or with the bundle a GPU run left in WORK/run/bundle), fine-tune "
+                             "its denoiser with this preset on this machine, e.g. default-2d-finetune")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a training setting (passed to brainldm train), e.g. device=cpu")
     parser.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
@@ -111,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="'train': stop once the bundle is trained (e.g. on a rented GPU); run again "
                              "without it to measure and write the card (finished steps are skipped)")
     args = parser.parse_args(argv)
-    GRID.update(encoder=args.encoder, steps=args.steps, guidance=args.guidance)
+    GRID.update(encoder=args.encoder, steps=args.steps, guidance=args.guidance, noise_level=args.noise_level)
 
     from brainldm.evaluate.model_card import machine_description, measured_section
     from brainldm.nets.bundle import ModelBundle
@@ -123,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.stop_after == "train":
         print(f"trained bundle in {bundle_dir} ({(time.time() - start) / 60:.1f} min); stopping as asked", flush=True)
         return 0
+    first_bundle = bundle_dir
+    if args.finetune:
+        bundle_dir = finetune(work, args.finetune, work / "data" / "train", first_bundle)
     make_phantoms(work / "data" / "validation", VALIDATION_PHANTOMS, args.workers)
     make_phantoms(work / "data" / "test", TEST_PHANTOMS, args.workers)
     best = choose_settings(bundle_dir, work / "data" / "validation", work / "grid")
@@ -133,20 +179,20 @@ def main(argv: list[str] | None = None) -> int:
 
     bundle_json = json.loads((bundle_dir / "bundle.json").read_text())
     training = bundle_json.get("training", {})
-    ae, dn = training.get("autoencoder", {}), training.get("denoiser", {})
-    minutes = (float(ae.get("seconds", 0)) + float(dn.get("seconds", 0))) / 60
     machine = machine_description()
     card = (bundle_dir / "MODEL_CARD.md").read_text().split("## Limitations")[0]
-    card += (f"- Training time: {minutes:.0f} min on {training.get('machine', machine)} (first stage {float(ae.get('seconds', 0)) / 60:.0f} min, "
-             f"denoiser {float(dn.get('seconds', 0)) / 60:.0f} min); phantoms: {TRAIN_PHANTOMS}.\n\n")
+    card += training_time_line(training, machine)
+    given = [("WORK" if arg == str(args.work) else arg) for arg in (argv if argv is not None else sys.argv[1:])]
+    card += f"- Made by: `python Resources/models/make_default_model.py {' '.join(given)}`.\n\n"
     card += (f"- Detection settings (bundle.json \"inference\"): {best['settings']}, chosen by "
              f"`brainldm grid-search` with {GRID['encoder'].upper()} over N = {GRID['steps']}, C = {GRID['guidance']}"
-             + (f", omega = {GRID['mix']}" if GRID["encoder"] == "edict" else "") + " on "
+             + (f", omega = {GRID['mix']}" if GRID["encoder"] == "edict" else "")
+             + (f", inversion to timestep L = {GRID['noise_level']}" if GRID["noise_level"] else "") + " on "
              f"{VALIDATION_PHANTOMS['n']} validation phantoms (seed {VALIDATION_PHANTOMS['seed']}).\n\n")
     card += measured_section(phantoms, real, demo_report, machine)
     card += """
 ## Limitations
-- A demonstration model: trained in about an hour and a half on two CPU cores, on generated
+- A demonstration model: trained for minutes to a few hours (above), on generated
   phantom subjects only (synthetic anatomy, tissue contrasts and tumours). It shows the method
   working end to end on a laptop; it is not a clinical model and its numbers on real MRI are
   those above.

@@ -38,3 +38,38 @@ def test_stop_after_train_gives_a_bundle_and_measures_nothing(script, tmp_path, 
     mtime = (bundle / "denoiser.pt").stat().st_mtime_ns
     assert script.main(["--work", str(work), "--config", "tiny", "--stop-after", "train"]) == 0
     assert (bundle / "denoiser.pt").stat().st_mtime_ns == mtime
+
+
+def test_finetune_keeps_the_first_stage_and_says_where_the_denoiser_started(script, tmp_path):
+    """--finetune: the denoiser of WORK/run/bundle trained further with another preset, its first
+    stage kept; the exported bundle (and its card) says what it started from and how long each
+    part took on which machine."""
+    work = tmp_path / "work"
+    tiny = ["--set", "split.train=1.0", "--set", "split.val=0.0", "--set", "split.test=0.0"]
+    assert script.main(["--work", str(work), "--config", "tiny", "--stop-after", "train", "--workers", "1",
+                        "--set", "autoencoder.max_steps=2", "--set", "denoiser.max_steps=2", *tiny]) == 0
+    first = work / "run" / "bundle"
+    preset = tmp_path / "finetune.yaml"
+    preset.write_text("extends: tiny\nsplit: {train: 1.0, val: 0.0, test: 0.0}\n"
+                      "denoiser: {max_steps: 3}\n")
+    bundle = script.finetune(work, str(preset), work / "data" / "train", first)
+    assert bundle == work / "finetune" / "bundle"
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    before = json.loads((first / "bundle.json").read_text())
+    training = manifest["training"]
+    assert training["denoiser"]["step"] == 3
+    init = training["denoiser"]["init"]
+    assert init["from"] == str(first) and init["model_id"] == before["model_id"]
+    assert init["denoiser"]["step"] == 2 and init["machine"] == before["training"]["machine"]
+    # the first stage is the first bundle's, and so is the record of its training
+    assert (bundle / "autoencoder.pt").read_bytes() == (first / "autoencoder.pt").read_bytes()
+    assert training["autoencoder"]["step"] == before["training"]["autoencoder"]["step"] == 2
+    assert training["autoencoder"]["origin"] == f"bundle {first}"
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert f"fine-tuned from {before['model_id']} (2 steps" in card
+    line = script.training_time_line(training, "here")
+    assert "then fine-tuned for" in line and "(3 steps, windows [32, 32, 32]" in line
+    # run again: reused, not retrained
+    mtime = (bundle / "denoiser.pt").stat().st_mtime_ns
+    assert script.finetune(work, str(preset), work / "data" / "train", first) == bundle
+    assert (bundle / "denoiser.pt").stat().st_mtime_ns == mtime

@@ -88,6 +88,30 @@ def read_stage_weights(path: str | Path, network: str) -> tuple[dict[str, torch.
     return _stage_weights(state, network), dict(state.get("extra", {}))
 
 
+def init_record(path: str | Path) -> dict[str, Any]:
+    """What ``--init`` weights were, for the model card of the run they start: the bundle's id,
+    machine and denoiser training (steps, seconds, windows, batch), or the run's step and time."""
+    path = Path(path).expanduser()
+    record: dict[str, Any] = {"from": str(path)}
+    if is_bundle(path):
+        description = ModelBundle.read_description(path)
+        training = description.get("training", {})
+        denoiser = training.get("denoiser", {})
+        config = denoiser.get("config", {})
+        record.update(model_id=description.get("model_id"), machine=training.get("machine"),
+                      config_name=training.get("config_name"),
+                      denoiser={k: denoiser.get(k) for k in ("step", "seconds", "best_val_loss", "best_step")
+                                if k in denoiser})
+        record["denoiser"].update({k: config[k] for k in ("patch_size", "batch_size", "lr") if k in config})
+        return record
+    try:
+        state = load_checkpoint(resolve_checkpoint(path))
+    except BrainLDMError:
+        return record
+    record.update(step=int(state.get("step", 0)), seconds=float(state.get("seconds", 0.0)))
+    return record
+
+
 def read_first_stage(path: str | Path):
     """The first stage (config, weights, preprocessing) from a bundle, an autoencoder run or
     checkpoint, or a denoiser run (its stored copy)."""
@@ -171,10 +195,24 @@ def model_card_text(model_id: str, autoencoder: AutoencoderConfig, denoiser: Den
     def fmt(value: Any) -> str:
         return f"{value:.5g}" if isinstance(value, float) else str(value)
 
-    ae_line = (f"{ae.get('step', '?')} steps; best validation mean absolute error inside the brain "
-               f"(normalised [-1, 1] units) {fmt(ae.get('best_val_loss'))} at step {ae.get('best_step')}")
-    dn_line = (f"{dn.get('step', '?')} steps; best validation noise-prediction MSE "
+    def minutes(seconds: Any) -> str:
+        return f" in {float(seconds) / 60:.1f} min" if isinstance(seconds, (int, float)) else ""
+
+    ae_line = (f"{ae.get('step', '?')} steps{minutes(ae.get('seconds'))}"
+               + (f" on {ae['machine']}" if ae.get("machine") else "")
+               + f"; best validation mean absolute error inside the brain "
+               f"(normalised [-1, 1] units) {fmt(ae.get('best_val_loss'))} at step {ae.get('best_step')}"
+               + (f" (from {ae['origin']})" if str(ae.get("origin", "")).startswith("bundle ") else ""))
+    dn_line = (f"{dn.get('step', '?')} steps{minutes(dn.get('seconds'))}; best validation noise-prediction MSE "
                f"{fmt(dn.get('best_val_loss'))} at step {dn.get('best_step')}")
+    init = dn.get("init") or {}
+    if init:
+        before = init.get("denoiser", {})
+        dn_line += (f"; fine-tuned from {init.get('model_id') or init.get('from')}"
+                    + (f" ({before.get('step')} steps{minutes(before.get('seconds'))}"
+                       + (f" on {init['machine']}" if init.get("machine") else "")
+                       + (f", windows {before['patch_size']}, batch {before.get('batch_size')}" if before.get("patch_size") else "")
+                       + ")" if before else ""))
     data_line = (f"{data.get('n_train', '?')} training and {data.get('n_val', '?')} validation subjects from "
                  f"`{Path(str(data.get('data_dir', '?'))).name}`; {len(data.get('test') or [])} held-out test "
                  f"subjects (listed in bundle.json); {len(data.get('skipped') or [])} skipped")
@@ -275,7 +313,16 @@ def export_bundle(
         },
         "autoencoder": {"origin": first_stage.origin},
     }
+    init = state.get("extra", {}).get("init")
+    if init:
+        training["denoiser"]["init"] = init
     ae_run = _first_stage_run(first_stage.origin)
+    ae_bundle = _first_stage_bundle(first_stage.origin)
+    if ae_bundle is not None:  # the first stage came from a bundle: keep what it says about its training
+        source = ModelBundle.read_description(ae_bundle).get("training", {})
+        training["autoencoder"].update({k: v for k, v in source.get("autoencoder", {}).items() if k != "origin"})
+        if source.get("machine"):
+            training["autoencoder"]["machine"] = source["machine"]
     if ae_run is not None:
         try:
             ae_state = load_checkpoint(resolve_checkpoint(ae_run, checkpoint))
@@ -309,6 +356,14 @@ def export_bundle(
         extra=dict(extra or {}),
     )
     return bundle.save(out, overwrite=overwrite)
+
+
+def _first_stage_bundle(origin: str) -> Path | None:
+    if origin.startswith("bundle "):
+        path = Path(origin[len("bundle "):])
+        if is_bundle(path):
+            return path
+    return None
 
 
 def _first_stage_run(origin: str) -> Path | None:
