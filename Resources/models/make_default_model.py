@@ -73,11 +73,9 @@ def finetune(work: Path, preset: str, data: Path, start: Path) -> Path:
     if (bundle / "bundle.json").is_file():
         print(f"fine-tuned bundle already in {bundle}", flush=True)
         return bundle
-    command = ["brainldm", "train", "denoiser", "--data", str(data), "--out", str(run_dir)]
-    if (run_dir / "config.yaml").is_file():
-        command += ["--resume"]
-    else:
-        command += ["--config", preset, "--init", str(start), "--autoencoder", str(start)]
+    command = ["brainldm", "train", "denoiser", "--data", str(data), "--out", str(run_dir),
+               "--init", str(start), "--autoencoder", str(start)]
+    command += ["--resume"] if (run_dir / "config.yaml").is_file() else ["--config", preset]
     run(command)
     run(["brainldm", "export", str(run_dir), "--out", str(bundle)])
     return bundle

@@ -64,7 +64,7 @@ def test_finetune_keeps_the_first_stage_and_says_where_the_denoiser_started(scri
     # the first stage is the first bundle's, and so is the record of its training
     assert (bundle / "autoencoder.pt").read_bytes() == (first / "autoencoder.pt").read_bytes()
     assert training["autoencoder"]["step"] == before["training"]["autoencoder"]["step"] == 2
-    assert training["autoencoder"]["origin"] == f"bundle {first}"
+    assert training["autoencoder"]["origin"] == f"bundle {first.resolve()}"
     card = (bundle / "MODEL_CARD.md").read_text()
     assert f"fine-tuned from {before['model_id']} (2 steps" in card
     line = script.training_time_line(training, "here")

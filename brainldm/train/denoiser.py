@@ -55,6 +55,7 @@ from brainldm.train.state import ExponentialMovingAverage
 log = logging.getLogger("brainldm.train")
 
 FIRST_STAGE_FILE = "autoencoder.pt"
+INIT_FILE = "init.json"  # what --init was (bundle id, machine, its training), for the model card
 
 
 @dataclass
@@ -107,7 +108,6 @@ class DenoiserTrainer(StageTrainer):
         self.autoencoder_source = Path(autoencoder).expanduser() if autoencoder is not None else None
         self.latent_scale: float | None = config.denoiser.latent_scale
         self._init_state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
-        self.init_record: dict[str, Any] | None = None  # what --init was (kept in checkpoints, exported)
 
     @property
     def settings(self) -> DenoiserStage:
@@ -155,6 +155,11 @@ class DenoiserTrainer(StageTrainer):
             stored = self.run_dir.path / FIRST_STAGE_FILE
             if not stored.exists() or not self.resume:
                 source.save(stored)
+            record = self.run_dir.path / INIT_FILE
+            if self.init is not None and (not record.exists() or not self.resume):
+                from brainldm.train.export import init_record
+
+                atomic_write_text(record, json.dumps(init_record(self.init), indent=2))
         autoencoder = build_autoencoder(source.config)
         autoencoder.load_state_dict(source.weights)
         autoencoder.eval().requires_grad_(False).to(self.device)
@@ -272,9 +277,6 @@ class DenoiserTrainer(StageTrainer):
         if self.init is not None and not (self.resume and self.run_dir.last_checkpoint.exists()):
             weights, _ = self._read_init()
             self.load_init_weights(self.denoiser, weights, "denoiser")
-            from brainldm.train.export import init_record
-
-            self.init_record = init_record(self.init)
             log.info("denoiser initialised from %s", self.init)
         frozen = apply_freeze(self.denoiser, s.freeze, "denoiser")
         if frozen:
@@ -297,10 +299,9 @@ class DenoiserTrainer(StageTrainer):
     def extra_state(self) -> dict[str, Any]:
         return {"latent_scale": self.latent_scale, "denoiser_config": self.settings.model.to_dict(),
                 "schedule": self.settings.schedule.to_dict(),
-                "first_stage_fingerprint": self.first_stage_source.fingerprint(), "init": self.init_record}
+                "first_stage_fingerprint": self.first_stage_source.fingerprint()}
 
     def load_extra_state(self, extra: dict[str, Any]) -> None:
-        self.init_record = extra.get("init") or self.init_record
         if extra.get("latent_scale") is not None:
             self.latent_scale = float(extra["latent_scale"])
             self.data_summary["latent_scale"] = self.latent_scale

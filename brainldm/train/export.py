@@ -13,6 +13,7 @@ patch size, a training summary and a model card.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -127,7 +128,7 @@ def read_first_stage(path: str | Path):
             preprocess = PreprocessConfig.from_dict(description["preprocess"])
         except Exception as error:
             raise ModelBundleError(f"The first stage of the bundle {path} cannot be read: {error}") from error
-        return FirstStageSource(config, weights, preprocess, f"bundle {path}")
+        return FirstStageSource(config, weights, preprocess, f"bundle {path.resolve()}")
     if path.is_dir() and (path / FIRST_STAGE_FILE).is_file() and not (path / "checkpoints" / "best.pt").exists() \
             and not (path / "checkpoints" / "last.pt").exists():
         return FirstStageSource.read(path / FIRST_STAGE_FILE)
@@ -146,7 +147,7 @@ def read_first_stage(path: str | Path):
         AutoencoderConfig.from_dict(config["autoencoder"]["model"]),
         _stage_weights(state, "autoencoder"),
         PreprocessConfig.from_dict(config["preprocess"]),
-        f"run {checkpoint.parent.parent}",
+        f"run {checkpoint.parent.parent.resolve()}",
     )
 
 
@@ -265,7 +266,7 @@ def export_bundle(
     ``checkpoint``: ``best`` (lowest validation loss, default) or ``last``. ``extra``: further
     top-level bundle.json entries (e.g. ``{"default": True}`` for the model catalogue).
     """
-    from brainldm.train.denoiser import FIRST_STAGE_FILE, FirstStageSource
+    from brainldm.train.denoiser import FIRST_STAGE_FILE, INIT_FILE, FirstStageSource
 
     paths = [Path(runs).expanduser()] if isinstance(runs, (str, Path)) else [Path(r).expanduser() for r in runs]
     denoiser_run = _find_denoiser_run(paths)
@@ -313,9 +314,8 @@ def export_bundle(
         },
         "autoencoder": {"origin": first_stage.origin},
     }
-    init = state.get("extra", {}).get("init")
-    if init:
-        training["denoiser"]["init"] = init
+    if (denoiser_run / INIT_FILE).is_file():  # started from other weights (--init)
+        training["denoiser"]["init"] = json.loads((denoiser_run / INIT_FILE).read_text(encoding="utf-8"))
     ae_run = _first_stage_run(first_stage.origin)
     ae_bundle = _first_stage_bundle(first_stage.origin)
     if ae_bundle is not None:  # the first stage came from a bundle: keep what it says about its training
