@@ -58,8 +58,13 @@ def _add_detection_options(parser: argparse.ArgumentParser) -> None:
                        help=f"C, classifier-free guidance (default: the model's, else {d.guidance:g})")
     group.add_argument("--mix", type=float, default=None,
                        help=f"EDICT mixing weight omega (default: the model's, else {d.mix})")
-    group.add_argument("--threshold", choices=["otsu", "graddiff"], default=None,
-                       help=f"(default: the model's, else {d.threshold})")
+    group.add_argument("--threshold", choices=["otsu", "graddiff", "fixed"], default=None,
+                       help=f"(default: the model's, else {d.threshold}); fixed: --threshold-value")
+    group.add_argument("--threshold-value", type=_positive_float, default=None, metavar="V",
+                       help="anomaly-map value for --threshold fixed (default: the model's)")
+    group.add_argument("--smoothing", type=float, default=None, metavar="SIGMA",
+                       help="Gaussian sigma in voxels applied to the anomaly map before thresholding "
+                            "(default: the model's, else 0 = none)")
     group.add_argument("--overlap", type=float, choices=[0.0, 0.25, 0.5], default=d.overlap)
     group.add_argument("--mode", choices=["auto", "whole", "windows", "slices"], default=d.mode)
     group.add_argument(
@@ -78,7 +83,7 @@ def _detection_settings(args: argparse.Namespace, bundle=None):
         getattr(bundle, "inference", None),
         encoder=args.encoder, steps=args.steps, guidance=args.guidance, mix=args.mix,
         noise_level=args.noise_level, threshold=args.threshold, overlap=args.overlap, mode=args.mode,
-        mask_brain=args.mask_brain,
+        threshold_value=args.threshold_value, smoothing=args.smoothing, mask_brain=args.mask_brain,
         seed=args.seed, device=args.device,
     )
 
@@ -176,6 +181,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threshold_text(best: dict) -> str:
+    return f"fixed {best['threshold_value']:g}" if best.get("threshold") == "fixed" else str(best.get("threshold"))
+
+
 def cmd_grid_search(args: argparse.Namespace) -> int:
     from brainldm.detect.settings import DetectionSettings
     from brainldm.evaluate.grid_search import (
@@ -188,12 +197,13 @@ def cmd_grid_search(args: argparse.Namespace) -> int:
 
     base = DetectionSettings(encoder=args.encoder, threshold=args.threshold, overlap=args.overlap, mode=args.mode,
                              mask_brain=args.mask_brain, seed=args.seed, device=args.device,
-                             noise_level=args.noise_level)
+                             noise_level=args.noise_level, smoothing=args.smoothing)
     mix = args.mix if args.mix is not None else ("0.93,0.97" if args.encoder == "edict" else str(base.mix))
     request = GridSearchRequest(
         data_dir=args.data, out_dir=args.out, split=args.split, settings=base, limit=args.limit,
         steps=parse_values(args.steps, "--steps", int), guidance=parse_values(args.guidance, "--guidance"),
-        mix=parse_values(mix, "--mix"), overwrite=args.overwrite)
+        mix=parse_values(mix, "--mix"), overwrite=args.overwrite,
+        thresholds=parse_values(args.thresholds, "--thresholds") if args.thresholds else ())
     check_request(request)  # grid, --out and subjects before loading any model
     bundles = [load_model(model, device=args.device) for model in (args.model or [None])]
     results = grid_search(request, bundles)
@@ -203,11 +213,13 @@ def cmd_grid_search(args: argparse.Namespace) -> int:
     for label, best in results["best_per_model"].items():
         d = best["dice"]
         print(f"best for {label} ({best['position_embedding']}): N={best['steps']} C={best['guidance']:g} "
-              f"omega={best['mix']:g}  Dice {d['mean']:.3f} ({d['ci95'][0]:.3f}-{d['ci95'][1]:.3f}), "
+              f"omega={best['mix']:g} threshold={_threshold_text(best)}  Dice {d['mean']:.3f} "
+              f"({d['ci95'][0]:.3f}-{d['ci95'][1]:.3f}), "
               f"n={best['n_subjects']}")
     best = results["best"]
     if best:
         print(f"best overall: {best['model']} N={best['steps']} C={best['guidance']:g} omega={best['mix']:g} "
+              f"threshold={_threshold_text(best)} "
               f"(Dice {best['dice']['mean']:.3f})")
     print(f"results in {args.out} (grid.json, grid.csv, grid.png)")
     if results["interrupted"]:
@@ -649,6 +661,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timestep the inversion reaches for every combination (default 0 = all 1000)")
     p.add_argument("--encoder", choices=["edict", "ddim"], default="edict")
     p.add_argument("--threshold", choices=["otsu", "graddiff"], default="otsu")
+    p.add_argument("--thresholds", default=None, metavar="V1,V2,...",
+                   help="also score fixed anomaly-map thresholds (the same counterfactuals, thresholded "
+                        "again), e.g. 0.02,0.03,0.04: the best can become the model's operating point")
+    p.add_argument("--smoothing", type=float, default=0.0, metavar="SIGMA",
+                   help="Gaussian sigma (voxels) of the anomaly map before thresholding (default 0)")
     p.add_argument("--overlap", type=float, choices=[0.0, 0.25, 0.5], default=0.25)
     p.add_argument("--mode", choices=["auto", "whole", "windows", "slices"], default="auto")
     p.add_argument("--mask-brain", action=argparse.BooleanOptionalAction, default=True)

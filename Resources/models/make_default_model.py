@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 TRAIN_PHANTOMS = dict(n=40, seed=0, diameters=(5, 10, 15, 20, 30, 40), healthy_fraction=0.2)
 TEST_PHANTOMS = dict(n=12, seed=777, diameters=(10, 20), healthy_fraction=0.0)
 VALIDATION_PHANTOMS = dict(n=4, seed=555, diameters=(10, 20), healthy_fraction=0.0)  # choose C, never tested on
-GRID = dict(encoder="edict", steps="50", guidance="3,5,10,15", mix="0.97", noise_level=0)  # options change it
+GRID = dict(encoder="edict", steps="50", guidance="3,5,10,15", mix="0.97", noise_level=0,  # options change it
+            thresholds="", smoothing=0.0)
 
 
 def run(command: list[str]) -> None:
@@ -86,7 +87,8 @@ def choose_settings(bundle: Path, data: Path, out: Path) -> dict:
     if not (out / "grid.json").is_file():
         command = ["brainldm", "grid-search", "--data", str(data), "--split", "all", "--model", str(bundle),
                    "--encoder", GRID["encoder"], "--steps", GRID["steps"], "--guidance", GRID["guidance"], "--out", str(out)]
-        command += ["--noise-level", str(GRID["noise_level"])]
+        command += ["--noise-level", str(GRID["noise_level"]), "--smoothing", str(GRID["smoothing"])]
+        command += ["--thresholds", GRID["thresholds"]] if GRID["thresholds"] else []
         run(command + (["--mix", GRID["mix"]] if GRID["encoder"] == "edict" else []))
     best = json.loads((out / "grid.json").read_text())["best"]
     manifest = json.loads((bundle / "bundle.json").read_text())
@@ -141,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", default=GRID["guidance"], help="C values of the grid (default %(default)s)")
     parser.add_argument("--noise-level", type=int, default=GRID["noise_level"], metavar="L",
                         help="timestep the inversion reaches in the grid (default %(default)s = all 1000)")
+    parser.add_argument("--thresholds", default=GRID["thresholds"], metavar="V1,V2,...",
+                        help="fixed anomaly-map thresholds the grid also scores beside Otsu's (default none)")
+    parser.add_argument("--smoothing", type=float, default=GRID["smoothing"], metavar="SIGMA",
+                        help="Gaussian sigma (voxels) of the anomaly map before thresholding (default %(default)s)")
     parser.add_argument("--finetune", metavar="PRESET",
                         help="after training (or with the bundle a GPU run left in WORK/run/bundle), fine-tune "
                              "its denoiser with this preset on this machine, e.g. default-2d-finetune")
@@ -152,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="'train': stop once the bundle is trained (e.g. on a rented GPU); run again "
                              "without it to measure and write the card (finished steps are skipped)")
     args = parser.parse_args(argv)
-    GRID.update(encoder=args.encoder, steps=args.steps, guidance=args.guidance, noise_level=args.noise_level)
+    GRID.update(encoder=args.encoder, steps=args.steps, guidance=args.guidance, noise_level=args.noise_level,
+                thresholds=args.thresholds, smoothing=args.smoothing)
 
     from brainldm.evaluate.model_card import machine_description, measured_section
     from brainldm.nets.bundle import ModelBundle
@@ -185,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     card += (f"- Detection settings (bundle.json \"inference\"): {best['settings']}, chosen by "
              f"`brainldm grid-search` with {GRID['encoder'].upper()} over N = {GRID['steps']}, C = {GRID['guidance']}"
              + (f", omega = {GRID['mix']}" if GRID["encoder"] == "edict" else "")
-             + (f", inversion to timestep L = {GRID['noise_level']}" if GRID["noise_level"] else "") + " on "
+             + (f", inversion to timestep L = {GRID['noise_level']}" if GRID["noise_level"] else "")
+             + (f", anomaly map smoothed with sigma {GRID['smoothing']:g} voxels" if GRID["smoothing"] else "")
+             + (f", Otsu's threshold and fixed thresholds {GRID['thresholds']}" if GRID["thresholds"] else "") + " on "
              f"{VALIDATION_PHANTOMS['n']} validation phantoms (seed {VALIDATION_PHANTOMS['seed']}).\n\n")
     card += measured_section(phantoms, real, demo_report, machine)
     card += """

@@ -20,3 +20,16 @@ def test_a_bad_recommendation_or_override_is_rejected():
         DetectionSettings.for_model({"mix": 0.2})
     with pytest.raises(SettingsError, match="unknown"):
         DetectionSettings.for_model(None, colour="red")
+
+
+def test_a_models_fixed_threshold_and_smoothing_are_taken_and_checked():
+    recommended = {"threshold": "fixed", "threshold_value": 0.03, "smoothing": 2.0}
+    settings = DetectionSettings.for_model(recommended)
+    assert (settings.threshold, settings.threshold_value, settings.smoothing) == ("fixed", 0.03, 2.0)
+    # the user can go back to the thesis's Otsu threshold and raw map
+    settings = DetectionSettings.for_model(recommended, threshold="otsu", smoothing=0.0)
+    assert (settings.threshold, settings.smoothing) == ("otsu", 0.0)
+    with pytest.raises(SettingsError, match="positive --threshold-value"):
+        DetectionSettings(threshold="fixed").validate()
+    with pytest.raises(SettingsError, match="smoothing"):
+        DetectionSettings(smoothing=-1.0).validate()

@@ -94,7 +94,8 @@ def test_cli_runs_the_whole_grid_and_writes_the_files(cli_run):
     assert code == 0 and grid["complete"] and not grid["interrupted"]
     assert [m["position_embedding"] for m in grid["models"]] == ["coords", "sin"]
     assert [m["mode"] for m in grid["models"]] == ["whole", "windows"]
-    assert grid["grid"] == {"steps": list(STEPS), "guidance": list(GUIDANCE), "mix": [MIX]}
+    assert grid["grid"] == {"steps": list(STEPS), "guidance": list(GUIDANCE), "mix": [MIX],
+                            "thresholds": [{"threshold": "otsu", "threshold_value": 0.0}]}
     assert grid["settings"]["overlap"] == 0.0 and "steps" not in grid["settings"]
     combos = grid["combinations"]
     assert len(combos) == 2 * len(STEPS) * len(GUIDANCE)
@@ -118,7 +119,8 @@ def test_cli_runs_the_whole_grid_and_writes_the_files(cli_run):
     best = grid["best"]
     assert best["dice"]["mean"] == pytest.approx(max(c["summary"]["all"]["model"]["dice"]["mean"] for c in combos))
     assert set(grid["best_per_model"]) == {"tiny-coords", "tiny-sin"}
-    assert best["settings"] == {"encoder": "edict", "steps": best["steps"], "guidance": best["guidance"], "mix": MIX}
+    assert best["settings"] == {"encoder": "edict", "steps": best["steps"], "guidance": best["guidance"], "mix": MIX,
+                                "threshold": "otsu", "threshold_value": 0.0, "smoothing": 0.0}
     assert f"best overall: {best['model']} N={best['steps']} C={best['guidance']:g}" in printed
 
 
@@ -233,3 +235,42 @@ def test_best_prefers_fewer_steps_on_ties_and_compares_the_same_subjects():
     best = best_combination(tie)
     assert (best["steps"], best["guidance"], best["n_subjects"]) == (25, 10.0, 1)
     assert best_combination([]) is None
+
+
+def test_fixed_thresholds_score_the_same_counterfactuals_as_evaluate_would(setup, tmp_path):
+    """--thresholds: each counterfactual is also thresholded at fixed values (with --smoothing); every
+    row equals ``evaluate()`` run with that fixed threshold, and the best may be a fixed one (its
+    settings then carry threshold, value and smoothing, what a bundle's "inference" takes)."""
+    root, models = setup
+    bundle = ModelBundle.load(models[0])
+    base = DetectionSettings(steps=2, guidance=4.0, mix=MIX, smoothing=1.0, **FIXED)
+    subject = load_subject(find_subjects(root / "data")[0])
+    otsu = detect(subject, bundle, base).threshold
+    values = (round(0.5 * otsu, 6), round(1.5 * otsu, 6))
+    request = GridSearchRequest(data_dir=root / "data", out_dir=tmp_path / "grid", split="all", steps=(2,),
+                                guidance=(4.0,), mix=(MIX,), settings=base, thresholds=values)
+    grid = grid_search(request, [bundle])
+    assert [(t["threshold"], t["threshold_value"]) for t in grid["grid"]["thresholds"]] == \
+        [("otsu", 0.0), ("fixed", values[0]), ("fixed", values[1])]
+    combos = grid["combinations"]
+    assert [(c["threshold"], c["threshold_value"], c["smoothing"]) for c in combos] == \
+        [("otsu", 0.0, 1.0), ("fixed", values[0], 1.0), ("fixed", values[1], 1.0)]
+    for combo in combos:
+        settings = DetectionSettings(steps=2, guidance=4.0, mix=MIX, smoothing=1.0, threshold=combo["threshold"],
+                                     threshold_value=combo["threshold_value"], **FIXED)
+        expected = evaluate(EvaluationRequest(data_dir=root / "data", out_dir=tmp_path / f"eval-{combo['threshold_value']}",
+                                              split="all", settings=settings), bundle)
+        got = {r["subject"]: r for r in combo["subjects"]}
+        for row in expected["subjects"]:
+            for key in ("model_dice", "model_specificity", "model_sensitivity"):
+                assert got[row["subject"]][key] == row[key], (combo["threshold_value"], key)
+    # the three operating points segment differently (else the comparison proves nothing)
+    assert len({tuple(r["model_sensitivity"] for r in c["subjects"]) for c in combos}) == 3
+    best = grid["best"]
+    assert best["settings"]["smoothing"] == 1.0
+    assert (best["settings"]["threshold"], best["settings"]["threshold_value"]) in \
+        [(c["threshold"], c["threshold_value"]) for c in combos]
+    assert DetectionSettings.for_model(best["settings"]).threshold == best["settings"]["threshold"]
+    with pytest.raises(SettingsError, match="--thresholds takes positive"):
+        check_request(GridSearchRequest(data_dir=root / "data", out_dir=tmp_path / "bad", split="all",
+                                        thresholds=(0.02, -1.0)))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from brainldm.detect.maps import (
+    smooth_map,
     GradDiffRecorder,
     GradDiffSettings,
     anomaly_map,
@@ -75,6 +76,34 @@ def test_anomaly_map_aggregates_sequences_and_masks():
 
 
 # --------------------------------------------------------------------------- thresholding
+
+
+def test_smooth_map_keeps_compact_regions_and_dims_scattered_voxels():
+    """Normalised convolution inside the brain: a constant map stays constant up to the brain's edge,
+    zero outside; one-voxel spikes fall far below a compact blob of the same height; sigma 0 is the
+    identity; a mismatched mask is a clear error."""
+    shape = (40, 40, 40)
+    grid = np.indices(shape)
+    brain = ((grid - 20) ** 2).sum(0) <= 16 ** 2
+    constant = np.where(brain, 0.5, 0.0).astype(np.float32)
+    smoothed = smooth_map(constant, 2.0, brain_mask=brain)
+    assert np.allclose(smoothed[brain], 0.5, atol=1e-5) and not smoothed[~brain].any()
+    amap = np.zeros(shape, np.float32)
+    blob = ((grid - np.array([20, 20, 26])[:, None, None, None]) ** 2).sum(0) <= 4 ** 2
+    amap[blob] = 1.0
+    rng = np.random.default_rng(0)
+    spikes = tuple(rng.integers(8, 32, size=(3, 40)))
+    amap[spikes] = 1.0
+    amap[~brain] = 0.0
+    out = smooth_map(amap, 1.5, brain_mask=brain)
+    lonely = np.zeros(shape, bool)
+    lonely[spikes] = True
+    lonely &= brain & ~binary_dilation(blob, 4)
+    assert out[20, 20, 26] > 0.8  # the blob's centre keeps its level
+    assert out[lonely].max() < 0.2  # isolated voxels are averaged away
+    assert np.array_equal(smooth_map(amap, 0.0, brain_mask=brain), amap)
+    with pytest.raises(InputDataError, match="brain mask"):
+        smooth_map(amap, 1.0, brain_mask=brain[:-1])
 
 
 def test_otsu_threshold_separates_modes():

@@ -8,7 +8,9 @@
             -> generate from zN over N steps toward "healthy" with guidance C -> z0'
             -> D(z0') = counterfactual
             -> |reconstruction - counterfactual| averaged over sequences = anomaly map
-            -> (GradDiff ROI) -> one Otsu threshold -> binary opening = segmentation
+            -> (optional Gaussian smoothing, ``settings.smoothing``)
+            -> (GradDiff ROI) -> one Otsu threshold (or the model's fixed one) -> binary opening
+               = segmentation
             -> everything pasted back into the subject's grid (raw intensities for images)
 
 How the latent is cut for the denoiser depends on the model and ``settings.mode``:
@@ -37,7 +39,14 @@ import torch.nn.functional as F
 
 from brainldm.data.preprocess import PreparedSubject, preprocess_subject
 from brainldm.data.subject import Subject
-from brainldm.detect.maps import GradDiffRecorder, anomaly_map, graddiff_map, graddiff_roi, segment_from_map
+from brainldm.detect.maps import (
+    GradDiffRecorder,
+    anomaly_map,
+    graddiff_map,
+    graddiff_roi,
+    segment_from_map,
+    smooth_map,
+)
 from brainldm.detect.settings import DetectionResult, DetectionSettings
 from brainldm.detect.windows import SliceBatchDenoiser, SlidingWindowDenoiser, WholeVolumeDenoiser
 from brainldm.diffusion.guidance import make_noise_fn
@@ -354,6 +363,7 @@ def counterfactual_from_inversion(
         if settings.mask_brain:
             counterfactual = np.where(mask[None], counterfactual, -1.0).astype(np.float32)
         amap = anomaly_map(reconstruction, counterfactual, brain_mask=mask if settings.mask_brain else None)
+        amap = smooth_map(amap, settings.smoothing, brain_mask=mask if settings.mask_brain else None)
         gmap = roi = None
         if latent_graddiff is not None:
             gmap = _graddiff_image_map(latent_graddiff, mode, encoded.z_index, mask.shape)
@@ -365,7 +375,7 @@ def counterfactual_from_inversion(
                     warnings.append(f"GradDiff gave no region of interest ({roi_seg.warning}); plain Otsu used")
                 else:
                     roi = roi_seg.mask
-        seg = segment_from_map(amap, brain_mask=mask, method="otsu", opening_radius=settings.opening_radius, roi=roi)
+        seg = threshold_anomaly_map(amap, mask, settings, roi=roi)
         if seg.warning:
             warnings.append(seg.warning)
         if not seg.mask.any():
@@ -430,6 +440,15 @@ def _latent_mask(mask: np.ndarray, latent_shape) -> torch.Tensor:
     """Brain mask on the latent grid: a latent voxel is brain if any image voxel under it is."""
     m = torch.from_numpy(mask.astype(np.float32))[None, None]
     return F.adaptive_max_pool3d(m, tuple(int(s) for s in latent_shape))[0, 0] > 0
+
+
+def threshold_anomaly_map(amap, brain_mask, settings: DetectionSettings, roi=None):
+    """The segmentation ``settings`` ask for from an anomaly map: one Otsu threshold per volume
+    (``otsu``; inside the GradDiff ``roi`` for ``graddiff``) or the model's ``threshold_value``
+    (``fixed``), then the binary opening. Returns :class:`~brainldm.detect.maps.Segmentation`."""
+    method = "fixed" if settings.threshold == "fixed" else "otsu"
+    return segment_from_map(amap, brain_mask=brain_mask, method=method, opening_radius=settings.opening_radius,
+                            roi=roi, threshold=settings.threshold_value if method == "fixed" else None)
 
 
 def _graddiff_image_map(latent_map: torch.Tensor, mode: str, z_index, shape) -> np.ndarray:

@@ -24,7 +24,11 @@ class DetectionSettings:
     noise_level: int = 0  # L: timestep the inversion reaches (0 = all T; thesis N in [400, 600] for DDIM)
     guidance: float = 5.0  # C in Eq. 2.45
     mix: float = 0.97  # EDICT mixing weight omega (Eq. 2.52)
-    threshold: Literal["otsu", "graddiff"] = "otsu"
+    threshold: Literal["otsu", "graddiff", "fixed"] = "otsu"
+    # "fixed": this anomaly-map value (normalised [-1, 1] units, after smoothing) separates tumour from
+    # brain - one operating point per model, chosen on validation subjects (grid-search --thresholds)
+    threshold_value: float = 0.0
+    smoothing: float = 0.0  # Gaussian sigma (voxels) of the anomaly map before thresholding; 0 = none (thesis)
     overlap: float = 0.25  # sliding-window overlap for patch models (0, 0.25, 0.5)
     mask_brain: bool = True  # restrict the counterfactual/anomaly map to the brain (thesis Table 3.5)
     opening_radius: int = 1  # binary opening after thresholding
@@ -48,8 +52,13 @@ class DetectionSettings:
             raise SettingsError(f"guidance (C) must be between 0 and 50 (thesis uses 0-20), got {self.guidance}")
         if not 0.5 < self.mix <= 1.0:
             raise SettingsError(f"mix (omega) must be in (0.5, 1]; the thesis uses 0.91-0.99, got {self.mix}")
-        if self.threshold not in ("otsu", "graddiff"):
-            raise SettingsError(f"threshold must be 'otsu' or 'graddiff', got {self.threshold!r}")
+        if self.threshold not in ("otsu", "graddiff", "fixed"):
+            raise SettingsError(f"threshold must be 'otsu', 'graddiff' or 'fixed', got {self.threshold!r}")
+        if self.threshold == "fixed" and not self.threshold_value > 0:
+            raise SettingsError("threshold 'fixed' needs a positive --threshold-value (an anomaly-map value; "
+                                f"grid-search --thresholds chooses one), got {self.threshold_value}")
+        if not 0.0 <= self.smoothing <= 10.0:
+            raise SettingsError(f"smoothing (Gaussian sigma in voxels) must be between 0 and 10, got {self.smoothing}")
         if self.overlap not in (0.0, 0.25, 0.5):
             raise SettingsError(f"overlap must be 0, 0.25 or 0.5, got {self.overlap}")
         if self.mode not in ("auto", "whole", "windows", "slices"):
@@ -65,8 +74,8 @@ class DetectionSettings:
                                noise_level=self.noise_level or None)
 
     #: Settings a model bundle may recommend (``bundle.json`` ``"inference"``, chosen by grid search).
-    MODEL_DEFAULTS = ("encoder", "steps", "noise_level", "guidance", "mix", "threshold", "opening_radius",
-                      "mask_brain")
+    MODEL_DEFAULTS = ("encoder", "steps", "noise_level", "guidance", "mix", "threshold", "threshold_value",
+                      "smoothing", "opening_radius", "mask_brain")
 
     @classmethod
     def for_model(cls, inference: dict | None = None, **overrides) -> "DetectionSettings":

@@ -160,7 +160,7 @@ def evaluate(request: EvaluationRequest, bundle=None, ablation=None, sr_bundle=N
     from tqdm.auto import tqdm
 
     from brainldm.data.preprocess import brain_mask
-    from brainldm.detect.maps import segment_from_map
+    from brainldm.detect.maps import segment_from_map, smooth_map
     from brainldm.detect.pipeline import detect
     from brainldm.sr.upscale import result_to_input_grid, upscale_subject
     from brainldm.evaluate.baselines import flair_otsu, flair_percentile
@@ -206,7 +206,9 @@ def evaluate(request: EvaluationRequest, bundle=None, ablation=None, sr_bundle=N
         }
         if result is not None:
             predictions["model"] = result.segmentation > 0
-            predictions["autoencoder"] = segment_from_map(result.reconstruction_error, brain).mask
+            # the first stage's own error, smoothed like the model's map, with Otsu's threshold
+            error = smooth_map(result.reconstruction_error, settings.smoothing, brain_mask=brain)
+            predictions["autoencoder"] = segment_from_map(error, brain).mask
         if ablation is not None:
             predictions["ablation"] = detect_on_input_grid(subject, ablation).segmentation > 0
         for method, prediction in predictions.items():

@@ -21,6 +21,10 @@ has): ``grid.json`` (grid, settings, models, per-subject rows and summary per co
 combination, best combination), ``grid.csv`` (one row per combination and subject) and ``grid.png``
 (mean Dice against C, one line per N and omega, one panel per model). Ctrl-C (or ``cancel()``) stops
 after writing the results so far, marked ``"interrupted": true``.
+
+``thresholds`` adds fixed anomaly-map thresholds to the grid: every counterfactual is also
+thresholded at each value (no extra diffusion), so the search can choose a model's operating point
+(``threshold: fixed``, ``threshold_value``) beside Otsu's per-volume threshold of the thesis.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ class GridSearchRequest:
     limit: int | None = None
     bootstrap: int = 1000
     overwrite: bool = False
+    thresholds: Sequence[float] = ()  # fixed anomaly-map thresholds scored beside settings.threshold
 
 
 def parse_values(text: str | Sequence, option: str, cast: Callable = float) -> list:
@@ -118,9 +123,23 @@ def grid_settings(request: GridSearchRequest) -> list[DetectionSettings]:
     return combos
 
 
+def threshold_options(request: GridSearchRequest) -> list[tuple[str, float]]:
+    """``(threshold, threshold_value)`` pairs each counterfactual is scored with: the settings' own
+    threshold first, then ``("fixed", v)`` for every value of ``request.thresholds``."""
+    base = request.settings
+    options = [(base.threshold, float(base.threshold_value) if base.threshold == "fixed" else 0.0)]
+    for value in dict.fromkeys(float(v) for v in request.thresholds or ()):
+        if not (math.isfinite(value) and value > 0):
+            raise SettingsError(f"--thresholds takes positive anomaly-map values, e.g. 0.02,0.03; {value:g} is not one")
+        if ("fixed", value) not in options:
+            options.append(("fixed", value))
+    return options
+
+
 def check_request(request: GridSearchRequest) -> tuple[list[DetectionSettings], list]:
     """Validate the grid, the output folder and the subjects before any work: ``(combinations, subjects)``."""
     combos = grid_settings(request)
+    threshold_options(request)
     if request.limit is not None and request.limit < 1:
         raise SettingsError(f"--limit must be at least 1, got {request.limit}")
     if int(request.bootstrap) < 1:
@@ -163,12 +182,18 @@ def grid_search(request: GridSearchRequest, bundles: Sequence, cancel: Callable[
     """
     from tqdm.auto import tqdm
 
-    from brainldm.detect.pipeline import counterfactual_from_inversion, encode_subject, invert_latent
+    from brainldm.detect.pipeline import (
+        counterfactual_from_inversion,
+        encode_subject,
+        invert_latent,
+        threshold_anomaly_map,
+    )
     from brainldm.diffusion.sampler import Cancelled
 
     if not bundles:
         raise SettingsError("give at least one model (--model) to search the settings of")
     combos, subjects = check_request(request)
+    options = threshold_options(request)
     base = request.settings.validate()
     models = describe_models(bundles, base)
     out_dir = Path(request.out_dir)
@@ -182,19 +207,22 @@ def grid_search(request: GridSearchRequest, bundles: Sequence, cancel: Callable[
         "data_dir": str(request.data_dir), "split": request.split, "limit": request.limit,
         "subjects": [files.subject_id for files in subjects],
         "grid": {"steps": sorted({c.steps for c in combos}), "guidance": sorted({c.guidance for c in combos}),
-                 "mix": sorted({c.mix for c in combos})},
+                 "mix": sorted({c.mix for c in combos}),
+                 "thresholds": [{"threshold": t, "threshold_value": v} for t, v in options]},
         "settings": fixed, "models": models,
         "combinations": [
             {"model": m["label"], "position_embedding": m["position_embedding"], "encoder": c.encoder,
-             "steps": c.steps, "guidance": c.guidance, "mix": c.mix,
+             "steps": c.steps, "guidance": c.guidance, "mix": c.mix, "threshold": threshold,
+             "threshold_value": value, "smoothing": c.smoothing,
              "summary": {}, "seconds_per_subject": None, "wall_seconds": 0.0, "subjects": []}
-            for m in models for c in combos
+            for m in models for c in combos for threshold, value in options
         ],
         "encoding": [], "best": None, "best_per_model": {}, "complete": False, "interrupted": False,
         "elapsed_seconds": 0.0,
     }
     start_all = time.perf_counter()
     bar = tqdm(total=len(subjects) * len(models) * len(combos), desc="grid search", unit="run")
+    per_combo = len(options)
     try:
         for files in subjects:
             subject = load_reference_subject(files)
@@ -215,11 +243,17 @@ def grid_search(request: GridSearchRequest, bundles: Sequence, cancel: Callable[
                     if inverted is None or (inverted.steps, inverted.mix) != (settings.steps, settings.mix):
                         inverted = invert_latent(encoded, settings, cancel=cancel)
                     result = counterfactual_from_inversion(encoded, inverted, settings, cancel=cancel)
-                    row = {**info, "seconds": result.timings["total"],
-                           "wall_seconds": round(time.perf_counter() - wall, 3),
-                           **metric_columns("model", result.segmentation > 0, reference)}
-                    combination = results["combinations"][m * len(combos) + c]
-                    _add_row(combination, row, request.bootstrap)
+                    seconds, wall = result.timings["total"], round(time.perf_counter() - wall, 3)
+                    for o, (threshold, value) in enumerate(options):
+                        if o == 0:
+                            segmentation = result.segmentation > 0
+                        else:  # the same counterfactual, thresholded at a fixed value
+                            fixed = replace(settings, threshold=threshold, threshold_value=value)
+                            segmentation = threshold_anomaly_map(result.anomaly_map, result.brain_mask, fixed).mask
+                        row = {**info, "seconds": seconds, "wall_seconds": wall,
+                               **metric_columns("model", segmentation, reference)}
+                        combination = results["combinations"][(m * len(combos) + c) * per_combo + o]
+                        _add_row(combination, row, request.bootstrap)
                     _write(results, out_dir, start_all, figure=False)
                     bar.update(1)
                 del encoded, inverted
@@ -281,8 +315,11 @@ def best_combination(combinations: Sequence[dict], n_bootstrap: int = 1000) -> d
     return {
         "model": c["model"], "position_embedding": c["position_embedding"], "encoder": c["encoder"],
         "steps": c["steps"], "guidance": c["guidance"], "mix": c["mix"],
+        "threshold": c.get("threshold", "otsu"), "threshold_value": c.get("threshold_value", 0.0),
         "dice": {"mean": mean, "ci95": [low, high]}, "n_subjects": len(common), "subjects": sorted(common),
-        "settings": {"encoder": c["encoder"], "steps": c["steps"], "guidance": c["guidance"], "mix": c["mix"]},
+        "settings": {"encoder": c["encoder"], "steps": c["steps"], "guidance": c["guidance"], "mix": c["mix"],
+                     "threshold": c.get("threshold", "otsu"), "threshold_value": c.get("threshold_value", 0.0),
+                     "smoothing": c.get("smoothing", 0.0)},
     }
 
 
@@ -298,8 +335,8 @@ def _write(results: dict, out_dir: Path, start: float, figure: bool) -> None:
             results["best_per_model"][model["label"]] = best
     results["elapsed_seconds"] = round(time.perf_counter() - start, 1)
     _atomic_write(out_dir / "grid.json", json.dumps(results, indent=2))
-    head = ["model", "position_embedding", "encoder", "steps", "guidance", "mix"]
-    rows = [{**{k: c[k] for k in head}, **row} for c in combinations for row in c["subjects"]]
+    head = ["model", "position_embedding", "encoder", "steps", "guidance", "mix", "threshold", "threshold_value"]
+    rows = [{**{k: c.get(k) for k in head}, **row} for c in combinations for row in c["subjects"]]
     fields = head + [k for k in (rows[0] if rows else {}) if k not in head]
     tmp = out_dir / "grid.csv.tmp"
     with open(tmp, "w", newline="") as handle:
@@ -332,6 +369,7 @@ def grid_figure(results: dict, path: Path) -> Path:
 
     models = results["models"]
     steps, mixes = results["grid"]["steps"], results["grid"]["mix"]
+    options = [(t["threshold"], t["threshold_value"]) for t in results["grid"].get("thresholds", [])] or [("otsu", 0.0)]
     n_cols = min(len(models), 3)
     n_rows = math.ceil(len(models) / n_cols)
     fig = Figure(figsize=(1.2 + 3.8 * n_cols, 0.9 + 3.4 * n_rows))
@@ -341,22 +379,26 @@ def grid_figure(results: dict, path: Path) -> Path:
     for ax, model in zip(axes, models):
         combos = [c for c in results["combinations"] if c["model"] == model["label"] and c["subjects"]]
         for i, n in enumerate(steps):
-            for j, mix in enumerate(mixes):
-                line = sorted((c for c in combos if c["steps"] == n and c["mix"] == mix), key=lambda c: c["guidance"])
+            for j, (mix, (threshold, value)) in enumerate((mix, option) for mix in mixes for option in options):
+                line = sorted((c for c in combos if c["steps"] == n and c["mix"] == mix
+                               and (c.get("threshold", "otsu"), c.get("threshold_value", 0.0)) == (threshold, value)),
+                              key=lambda c: c["guidance"])
                 if not line:
                     continue
                 x = [c["guidance"] for c in line]
                 y = [mean_dice(c) for c in line]
                 ci = [c["summary"]["all"]["model"].get("dice", {}).get("ci95", [np.nan, np.nan]) for c in line]
                 colour = cmap(0.85 * i / max(len(steps) - 1, 1))
-                label = f"N={n}" + (f", ω={mix:g}" if line[0]["encoder"] == "edict" else "")
+                label = f"N={n}" + (f", ω={mix:g}" if line[0]["encoder"] == "edict" else "") \
+                    + (f", {threshold} {value:g}" if threshold == "fixed" else f", {threshold}" if len(options) > 1 else "")
                 ax.plot(x, y, styles[j % len(styles)], marker="o", ms=4, color=colour, label=label)
                 ax.vlines(x, [lo for lo, _ in ci], [hi for _, hi in ci], color=colour, alpha=0.25, lw=3)
         best = results.get("best_per_model", {}).get(model["label"])
         if best is not None:
             ax.plot([best["guidance"]], [best["dice"]["mean"]], "*", ms=14, color="#d62728", zorder=5,
                     label=f"best: N={best['steps']}, C={best['guidance']:g}"
-                    + (f", ω={best['mix']:g}" if len(mixes) > 1 else ""))
+                    + (f", ω={best['mix']:g}" if len(mixes) > 1 else "")
+                    + (f", fixed {best['threshold_value']:g}" if best.get("threshold") == "fixed" else ""))
         n_subjects = max((len(c["subjects"]) for c in combos), default=0)
         ax.set_title(f"{model['label']}\nposition embedding: {model['position_embedding']} "
                      f"(n={n_subjects})", fontsize=9)

@@ -72,6 +72,19 @@ def per_subject_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def settings_text(s: dict[str, Any]) -> str:
+    """"N = 50, C = 2, ..." for the detection settings ``s`` (a DetectionSettings dict)."""
+    text = f"N = {s['steps']}"
+    if s.get("noise_level"):
+        text += f" (inversion to timestep L = {s['noise_level']})"
+    text += f", C = {s['guidance']:g}" + (f", omega = {s['mix']:g}" if s.get("encoder") == "edict" else "")
+    if s.get("smoothing"):
+        text += f", anomaly map smoothed (Gaussian sigma {s['smoothing']:g} voxels)"
+    if s.get("threshold") == "fixed":
+        return text + f", fixed threshold {s['threshold_value']:g} (chosen on the validation phantoms)"
+    return text + f", {s['threshold']} threshold"
+
+
 def measured_section(phantoms: dict[str, Any] | None, real: dict[str, Any] | None,
                      demo: dict[str, Any] | None, machine: str | None = None) -> str:
     """Markdown for the "Measured" part of a model card."""
@@ -84,7 +97,7 @@ def measured_section(phantoms: dict[str, Any] | None, real: dict[str, Any] | Non
         parts.append(
             f"### Held-out phantoms\n\n{len(phantoms['subjects'])} phantom subjects never used in training "
             f"(`{Path(phantoms['data_dir']).name}`, exact ground truth), detection with {s['encoder'].upper()}, "
-            f"N = {s['steps']}, C = {s['guidance']:g}, omega = {s['mix']:g}, {s['threshold']} threshold:\n\n"
+            f"{settings_text(s)}:\n\n"
             + summary_table(phantoms))
     if real is not None:
         parts.append("### Real subjects (`../shared/data/brats_like`)\n\nThe model never saw real MRI; these "
