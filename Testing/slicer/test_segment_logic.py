@@ -383,7 +383,7 @@ def test_cancel_kills_the_worker_and_leaves_the_scene_as_it_was(headless, tmp_pa
     assert not job.work_dir.exists()
 
 
-def test_choosing_a_model_applies_its_recommended_settings(tmp_path, tiny_bundle, home):
+def test_choosing_a_model_applies_its_recommended_settings(headless, tmp_path, tiny_bundle, home):
     import json
     import shutil
 
@@ -400,3 +400,18 @@ def test_choosing_a_model_applies_its_recommended_settings(tmp_path, tiny_bundle
     untouched = segment.SegmentParameters(model=str(tiny_bundle))
     assert segment.apply_recommended_settings(untouched) == {} and untouched.guidance == 5.0
     assert segment.recommended_settings(str(tmp_path / "missing")) == {}
+
+    # settings without a control of their own (noise level, fixed threshold, smoothing) reach detection
+    manifest["inference"] = {"encoder": "ddim", "steps": 50, "noise_level": 300, "guidance": 2.0,
+                             "threshold": "fixed", "threshold_value": 0.03, "smoothing": 2.0}
+    (folder / "bundle.json").write_text(json.dumps(manifest))
+    params = segment.SegmentParameters(model=str(folder))
+    applied = segment.apply_recommended_settings(params)
+    assert applied["threshold"] == "fixed" and applied["noise_level"] == 300
+    settings = params.detection_settings()
+    assert (settings.encoder, settings.noise_level, settings.guidance, settings.threshold, settings.threshold_value,
+            settings.smoothing) == ("ddim", 300, 2.0, "fixed", 0.03, 2.0)
+    # the parameter node keeps them (the module's scene round trip)
+    node = mrml.get_parameter_node("BrainLDMSegment")
+    mrml.write_parameters(node, params)
+    assert mrml.read_parameters(node, segment.SegmentParameters).detection_settings() == settings

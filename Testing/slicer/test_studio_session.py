@@ -96,6 +96,32 @@ def test_detection_parameters_are_the_segment_modules(session):
         session.detection_parameters(DetectControls(mix=0.3))
 
 
+def test_a_models_hidden_settings_reach_detection(session, tmp_path):
+    """Settings without a control (noise level, fixed threshold, smoothing) come from the chosen
+    model's recommendation; the visible ones are the panel's."""
+    import json
+
+    from brainldm.evaluate.benchmark import untrained_bundle
+
+    folder = untrained_bundle("tiny").save(tmp_path / "tuned")
+    manifest = json.loads((folder / "bundle.json").read_text())
+    manifest["inference"] = {"encoder": "ddim", "noise_level": 300, "guidance": 2.0, "threshold": "fixed",
+                             "threshold_value": 0.03, "smoothing": 2.0}
+    (folder / "bundle.json").write_text(json.dumps(manifest))
+    assert session.recommended(str(folder))["threshold"] == "fixed"
+    session.make_phantom(seed=4)
+    params = session.detection_parameters(DetectControls(model=str(folder), guidance=3.0, encoder="ddim",
+                                                         threshold="fixed"))
+    settings = params.detection_settings()
+    assert (settings.guidance, settings.noise_level, settings.threshold, settings.threshold_value,
+            settings.smoothing) == (3.0, 300, "fixed", 0.03, 2.0)
+    # a model without them: the thesis's defaults, and "fixed" without a value is a clear error
+    plain = untrained_bundle("tiny").save(tmp_path / "plain")
+    assert session.detection_parameters(DetectControls(model=str(plain))).detection_settings().noise_level == 0
+    with pytest.raises(SettingsError, match="positive threshold value"):
+        session.detection_parameters(DetectControls(model=str(plain), threshold="fixed"))
+
+
 def test_model_choices_and_the_missing_model_message(headless, tmp_path, home):
     from brainldm.logic.catalogue import default_model
 

@@ -29,7 +29,7 @@ def test_a_models_fixed_threshold_and_smoothing_are_taken_and_checked():
     # the user can go back to the thesis's Otsu threshold and raw map
     settings = DetectionSettings.for_model(recommended, threshold="otsu", smoothing=0.0)
     assert (settings.threshold, settings.smoothing) == ("otsu", 0.0)
-    with pytest.raises(SettingsError, match="positive --threshold-value"):
+    with pytest.raises(SettingsError, match="positive threshold value"):
         DetectionSettings(threshold="fixed").validate()
     with pytest.raises(SettingsError, match="smoothing"):
         DetectionSettings(smoothing=-1.0).validate()

@@ -55,8 +55,9 @@ class DetectionSettings:
         if self.threshold not in ("otsu", "graddiff", "fixed"):
             raise SettingsError(f"threshold must be 'otsu', 'graddiff' or 'fixed', got {self.threshold!r}")
         if self.threshold == "fixed" and not self.threshold_value > 0:
-            raise SettingsError("threshold 'fixed' needs a positive --threshold-value (an anomaly-map value; "
-                                f"grid-search --thresholds chooses one), got {self.threshold_value}")
+            raise SettingsError("threshold 'fixed' needs a positive threshold value: use a model that recommends "
+                                "one (grid-search --thresholds chooses it) or give --threshold-value; got "
+                                f"{self.threshold_value}")
         if not 0.0 <= self.smoothing <= 10.0:
             raise SettingsError(f"smoothing (Gaussian sigma in voxels) must be between 0 and 10, got {self.smoothing}")
         if self.overlap not in (0.0, 0.25, 0.5):

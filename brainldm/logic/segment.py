@@ -19,6 +19,7 @@ leaves the scene exactly as it was.
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import shutil
@@ -72,7 +73,12 @@ class SegmentParameters:
     guidance: float = 5.0  # C
     steps: int = 50  # N
     mix: float = 0.97  # omega
-    threshold: Literal["otsu", "graddiff"] = "otsu"
+    threshold: Literal["otsu", "graddiff", "fixed"] = "otsu"  # fixed: the model's threshold_value
+    # Set from the model's recommendation (no control of their own): where the inversion stops, the
+    # model's fixed anomaly-map threshold, the smoothing of the map before thresholding.
+    noise_level: int = 0
+    threshold_value: float = 0.0
+    smoothing: float = 0.0
     overlap: float = 0.25
     mask_brain: bool = True
     reference_segmentation: "vtkMRMLSegmentationNode | None" = None  # noqa: F821
@@ -94,7 +100,8 @@ class SegmentParameters:
         settings = DetectionSettings(
             encoder=self.encoder, steps=int(round(self.steps)), guidance=float(self.guidance), mix=float(self.mix),
             threshold=self.threshold, overlap=float(self.overlap), mask_brain=bool(self.mask_brain),
-            device="cpu" if self.device == "auto" else self.device,
+            noise_level=int(round(self.noise_level)), threshold_value=float(self.threshold_value),
+            smoothing=float(self.smoothing), device="cpu" if self.device == "auto" else self.device,
         ).validate()
         settings.device = self.device
         return settings
@@ -115,8 +122,12 @@ def recommended_settings(model: str = "", model_dirs=()) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if inference.get("encoder") in ("edict", "ddim"):
         out["encoder"] = inference["encoder"]
-    if inference.get("threshold") in ("otsu", "graddiff"):
+    if inference.get("threshold") in ("otsu", "graddiff", "fixed"):
         out["threshold"] = inference["threshold"]
+    for name, low, high in (("noise_level", 0, 1000), ("threshold_value", 0.0, math.inf), ("smoothing", 0.0, 10.0)):
+        value = inference.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high:
+            out[name] = int(value) if name == "noise_level" else float(value)
     if isinstance(inference.get("guidance"), (int, float)):
         out["guidance"] = float(min(max(inference["guidance"], GUIDANCE_RANGE[0]), GUIDANCE_RANGE[1]))
     if isinstance(inference.get("steps"), int):

@@ -113,6 +113,7 @@ class StudioApp(TrameApp):
         s.model_problem = self.session.model_problem(d.model)
         s.guidance, s.steps, s.mix = d.guidance, d.steps, d.mix
         s.encoder, s.threshold = d.encoder, d.threshold
+        self._apply_recommended(d.model)
         s.opacity = d.overlay_opacity
         s.overlay = "anomaly"
         s.detect_running = False
@@ -266,6 +267,14 @@ class StudioApp(TrameApp):
 
     def _on_model_changed(self, model, **_):
         self.state.model_problem = self.session.model_problem(model or "")
+        with self.state:
+            self._apply_recommended(model or "")
+
+    def _apply_recommended(self, model: str) -> None:
+        """The model's recommended settings into the panel's controls (what the module does too)."""
+        for name, value in self.session.recommended(model).items():
+            if name in ("guidance", "steps", "mix", "encoder", "threshold"):
+                self.state[name] = value
 
     async def detect_or_cancel(self) -> None:
         if self.session.job is not None:
@@ -560,7 +569,7 @@ class StudioApp(TrameApp):
         with html.Div(classes="d-flex"):
             v3.VSelect(v_model=("encoder",), items=("['edict', 'ddim']",), label="Encoder", density="compact",
                        hide_details=True, classes="mr-2", id="encoder-select")
-            v3.VSelect(v_model=("threshold",), items=("['otsu', 'graddiff']",), label="Threshold",
+            v3.VSelect(v_model=("threshold",), items=("['otsu', 'graddiff', 'fixed']",), label="Threshold",
                        density="compact", hide_details=True, id="threshold-select")
         v3.VBtn("{{ detect_running ? 'Cancel' : 'Detect' }}", click=self.detect_or_cancel, block=True,
                 classes="mt-3", color=("detect_running ? 'error' : 'primary'",), id="detect-button",

@@ -139,6 +139,12 @@ class StudioSession:
     def initial_model(self) -> str:
         return self.default_model or ""
 
+    def recommended(self, model: str = "") -> dict:
+        """The settings ``model`` recommends (``bundle.json`` "inference"; ``{}`` when none): the
+        panel's controls take the visible ones, detection the others (noise level, fixed threshold,
+        smoothing), as in the BrainLDMSegment module."""
+        return segment_logic.recommended_settings(model or "", self.model_dirs)
+
     def model_problem(self, model: str = "") -> str:
         """Why detection cannot run with ``model`` ("" = the default model), or "" when it can."""
         from brainldm.logic.catalogue import resolve_model
@@ -222,8 +228,10 @@ class StudioSession:
         scene's parameter node, as the Slicer module keeps them)."""
         if self.subject is None:
             raise InputDataError("Load a subject first: upload its four sequence files or make a phantom.")
+        hidden = {k: v for k, v in self.recommended(controls.model).items()
+                  if k in ("noise_level", "threshold_value", "smoothing")}
         params = segment_logic.SegmentParameters(
-            **self.subject.volumes, reference_segmentation=self.subject.segmentation, model=controls.model or "",
+            **self.subject.volumes, reference_segmentation=self.subject.segmentation, model=controls.model or "", **hidden,
             guidance=float(controls.guidance), steps=int(round(controls.steps)), mix=float(controls.mix),
             encoder=controls.encoder, threshold=controls.threshold, overlay_opacity=float(controls.overlay_opacity),
             device=controls.device,
