@@ -78,21 +78,28 @@ def finetune(work: Path, preset: str, data: Path, start: Path) -> Path:
                "--init", str(start), "--autoencoder", str(start)]
     command += ["--resume"] if (run_dir / "config.yaml").is_file() else ["--config", preset]
     run(command)
-    run(["brainldm", "export", str(run_dir), "--out", str(bundle)])
+    start_id = json.loads((start / "bundle.json").read_text())["model_id"]
+    run(["brainldm", "export", str(run_dir), "--out", str(bundle), "--model-id", f"{start_id}-finetuned"])
     return bundle
 
 
 def choose_settings(bundle: Path, data: Path, out: Path) -> dict:
     """Grid-search the detection settings on validation phantoms; store the best in bundle.json."""
+    from brainldm.detect.settings import DetectionSettings
+
     if not (out / "grid.json").is_file():
         command = ["brainldm", "grid-search", "--data", str(data), "--split", "all", "--model", str(bundle),
                    "--encoder", GRID["encoder"], "--steps", GRID["steps"], "--guidance", GRID["guidance"], "--out", str(out)]
         command += ["--noise-level", str(GRID["noise_level"]), "--smoothing", str(GRID["smoothing"])]
         command += ["--thresholds", GRID["thresholds"]] if GRID["thresholds"] else []
         run(command + (["--mix", GRID["mix"]] if GRID["encoder"] == "edict" else []))
-    best = json.loads((out / "grid.json").read_text())["best"]
+    grid = json.loads((out / "grid.json").read_text())
+    best = grid["best"]
     manifest = json.loads((bundle / "bundle.json").read_text())
-    manifest["inference"] = dict(best["settings"])
+    # what the search held fixed (noise level, smoothing, brain mask, ...), then the best of what it varied
+    fixed = {k: v for k, v in grid["settings"].items() if k in DetectionSettings.MODEL_DEFAULTS}
+    manifest["inference"] = {**fixed, **best["settings"]}
+    best = {**best, "settings": manifest["inference"]}
     (bundle / "bundle.json").write_text(json.dumps(manifest, indent=2))
     print(f"recommended detection settings (validation Dice {best['dice']['mean']:.3f}): {best['settings']}", flush=True)
     return best

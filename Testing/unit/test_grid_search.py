@@ -120,7 +120,7 @@ def test_cli_runs_the_whole_grid_and_writes_the_files(cli_run):
     assert best["dice"]["mean"] == pytest.approx(max(c["summary"]["all"]["model"]["dice"]["mean"] for c in combos))
     assert set(grid["best_per_model"]) == {"tiny-coords", "tiny-sin"}
     assert best["settings"] == {"encoder": "edict", "steps": best["steps"], "guidance": best["guidance"], "mix": MIX,
-                                "threshold": "otsu", "threshold_value": 0.0, "smoothing": 0.0}
+                                "threshold": "otsu", "threshold_value": 0.0, "smoothing": 0.0, "noise_level": 0}
     assert f"best overall: {best['model']} N={best['steps']} C={best['guidance']:g}" in printed
 
 

@@ -58,6 +58,7 @@ def test_finetune_keeps_the_first_stage_and_says_where_the_denoiser_started(scri
     before = json.loads((first / "bundle.json").read_text())
     training = manifest["training"]
     assert training["denoiser"]["step"] == 3
+    assert manifest["model_id"] == f"{before['model_id']}-finetuned"
     init = training["denoiser"]["init"]
     assert init["from"] == str(first) and init["model_id"] == before["model_id"]
     assert init["denoiser"]["step"] == 2 and init["machine"] == before["training"]["machine"]

@@ -213,7 +213,7 @@ def grid_search(request: GridSearchRequest, bundles: Sequence, cancel: Callable[
         "combinations": [
             {"model": m["label"], "position_embedding": m["position_embedding"], "encoder": c.encoder,
              "steps": c.steps, "guidance": c.guidance, "mix": c.mix, "threshold": threshold,
-             "threshold_value": value, "smoothing": c.smoothing,
+             "threshold_value": value, "smoothing": c.smoothing, "noise_level": c.noise_level,
              "summary": {}, "seconds_per_subject": None, "wall_seconds": 0.0, "subjects": []}
             for m in models for c in combos for threshold, value in options
         ],
@@ -319,7 +319,7 @@ def best_combination(combinations: Sequence[dict], n_bootstrap: int = 1000) -> d
         "dice": {"mean": mean, "ci95": [low, high]}, "n_subjects": len(common), "subjects": sorted(common),
         "settings": {"encoder": c["encoder"], "steps": c["steps"], "guidance": c["guidance"], "mix": c["mix"],
                      "threshold": c.get("threshold", "otsu"), "threshold_value": c.get("threshold_value", 0.0),
-                     "smoothing": c.get("smoothing", 0.0)},
+                     "smoothing": c.get("smoothing", 0.0), "noise_level": c.get("noise_level", 0)},
     }
 
 
