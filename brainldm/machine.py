@@ -29,4 +29,4 @@ def machine_description() -> str:
             gpu = f"GPU {torch.cuda.get_device_name(0)}"
     except Exception:  # noqa: BLE001 - a description must never fail
         pass
-    return f"{name}, {cores} cores, {gpu}"
+    return f"{name}, {cores} core{'s' if cores != 1 else ''}, {gpu}"

@@ -192,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     bundle_json = json.loads((bundle_dir / "bundle.json").read_text())
     training = bundle_json.get("training", {})
     machine = machine_description()
-    card = (bundle_dir / "MODEL_CARD.md").read_text().split("## Limitations")[0]
+    # the exported card's own part (a second run of this script replaces what the first added)
+    card = (bundle_dir / "MODEL_CARD.md").read_text().split("## Limitations")[0].split("\n- Training time:")[0]
+    card = card.rstrip("\n") + "\n\n"
     card += training_time_line(training, machine)
     given = [("WORK" if arg == str(args.work) else arg) for arg in (argv if argv is not None else sys.argv[1:])]
     card += f"- Made by: `python Resources/models/make_default_model.py {' '.join(given)}`.\n\n"
