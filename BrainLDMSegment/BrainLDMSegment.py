@@ -85,9 +85,9 @@ class BrainLDMSegmentParameterNode:
     steps: Annotated[float, WithinRange(10, 250), Decimals(0), SingleStep(1)] = 50
     mix: Annotated[float, WithinRange(0.90, 0.99), Decimals(2), SingleStep(0.01)] = 0.97
     threshold: Annotated[str, Choice(["otsu", "graddiff", "fixed"])] = "otsu"  # fixed: the model's value
-    noise_level: int = 0  # these three come from the model's recommendation (no control)
-    threshold_value: float = 0.0
-    smoothing: float = 0.0
+    noise_level: Annotated[int, WithinRange(0, 1000)] = 0  # these three start at the model's recommendation
+    threshold_value: Annotated[float, WithinRange(0.0, 10.0), Decimals(3), SingleStep(0.005)] = 0.0
+    smoothing: Annotated[float, WithinRange(0.0, 10.0), Decimals(1), SingleStep(0.5)] = 0.0
     overlap: Annotated[float, Choice([0.0, 0.25, 0.5])] = 0.25
     mask_brain: bool = True
     reference_segmentation: vtkMRMLSegmentationNode

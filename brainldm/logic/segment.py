@@ -74,8 +74,8 @@ class SegmentParameters:
     steps: int = 50  # N
     mix: float = 0.97  # omega
     threshold: Literal["otsu", "graddiff", "fixed"] = "otsu"  # fixed: the model's threshold_value
-    # Set from the model's recommendation (no control of their own): where the inversion stops, the
-    # model's fixed anomaly-map threshold, the smoothing of the map before thresholding.
+    # Start at the model's recommendation: where the inversion stops, the model's fixed anomaly-map
+    # threshold, the smoothing of the map before thresholding.
     noise_level: int = 0
     threshold_value: float = 0.0
     smoothing: float = 0.0
