@@ -1,5 +1,6 @@
 """The measured part of a model card comes from real evaluation results."""
 
+import os
 from pathlib import Path
 
 from brainldm.evaluate.evaluation import EvaluationRequest, evaluate
@@ -25,4 +26,7 @@ def test_measured_section_reports_the_evaluated_numbers(tmp_path):
 def test_label_types_and_machine():
     assert label_type("Phantom-0777-0001", "/nowhere") == "phantom (exact)"
     assert label_type("Someone", Path("/nowhere")) == "manual"
-    assert "cores" in machine_description()
+    description = machine_description()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    # "1 core" on a machine (or a CI job) pinned to one core, "N cores" otherwise
+    assert f", {cores} core{'s' if cores != 1 else ''}, " in description
