@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from brainldm import __version__
@@ -471,11 +472,14 @@ def cmd_studio(args: argparse.Namespace) -> int:
     return 0
 
 
-def _synth_settings(args: argparse.Namespace):
+def _synth_settings(args: argparse.Namespace, bundle=None):
+    """Synthesis settings from the options; steps and guidance not given come from the model's
+    recommendation (``bundle.json`` "inference"), else the defaults."""
     from brainldm.synth.generate import SynthSettings
 
-    return SynthSettings(steps=args.steps, guidance=args.guidance, mode=args.mode, margin_mm=args.margin,
-                         seed=args.seed, device=args.device).validate()
+    return SynthSettings.from_inference(getattr(bundle, "inference", None), steps=args.steps, guidance=args.guidance,
+                                        mask_guidance=args.mask_guidance, mode=args.mode, margin_mm=args.margin,
+                                        seed=args.seed, device=args.device)
 
 
 def _synthesis_model(args: argparse.Namespace):
@@ -494,6 +498,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
                            lesion_sources=list(args.lesion_source), subject_id=args.id,
                            settings=_synth_settings(args), overwrite=args.overwrite).validate()
     bundle = _synthesis_model(args)
+    request = replace(request, settings=_synth_settings(args, bundle))
     bar, update = progress_bar()
     try:
         report = run_synth(request, bundle, progress=update)
@@ -519,6 +524,7 @@ def cmd_synth_dataset(args: argparse.Namespace) -> int:
                                   diameters=diameters, lesion_sources=list(args.lesion_source),
                                   settings=_synth_settings(args), seed=args.seed, overwrite=args.overwrite).validate()
     bundle = _synthesis_model(args)
+    request = replace(request, settings=_synth_settings(args, bundle))
     bar, update = progress_bar()
     try:
         manifest = synth_dataset(request, bundle, progress=update)
@@ -547,6 +553,7 @@ def cmd_synth_check(args: argparse.Namespace) -> int:
                                 lesion_sources=list(args.lesion_source), overwrite=args.overwrite)
     check_request(request)  # references and --out before loading any model
     bundle = _synthesis_model(args)
+    request = replace(request, settings=_synth_settings(args, bundle))
     detector = load_model(args.detector_model, device=args.device) if args.detector_model else None
     bar, update = progress_bar()
     try:
@@ -579,9 +586,12 @@ def _add_synth_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lesion-source", type=Path, action="append", default=[], metavar="PATH",
                        help="label maps, or folders of subjects, whose real lesion shapes are resized (repeatable; "
                             "default: ../shared/data lesion masks when present, else a ball)")
-    group.add_argument("--steps", type=int, default=50, help="DDIM steps (default %(default)s)")
-    group.add_argument("--guidance", type=_positive_float, default=0.0,
-                       help="classifier-free guidance toward 'diseased' in lesion slices (default %(default)s)")
+    group.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's, else 50)")
+    group.add_argument("--guidance", type=_positive_float, default=None,
+                       help="classifier-free guidance toward 'diseased' in lesion slices (default: the model's, else 0)")
+    group.add_argument("--mask-guidance", type=_positive_float, default=None,
+                       help="guidance M toward the painted lesion, away from the same brain without it: a stronger "
+                            "lesion contrast (default: the model's, else 0)")
     group.add_argument("--mode", choices=["inpaint", "full"], default="inpaint",
                        help="inpaint: generate only around the lesion, keep the rest of the slice (default); "
                             "full: generate whole slices from the masks (thesis)")

@@ -50,13 +50,15 @@ def make_phantoms(folder: Path, spec: dict, workers: int = 1) -> None:
     make_phantom_dataset(folder, **spec, workers=workers)
 
 
-def train(work: Path, config: str, data: Path, overrides: list[str]) -> Path:
-    run_dir = work / "run"
+def train(work: Path, config: str, data: Path, overrides: list[str], stage: str = "all", run_name: str = "run") -> Path:
+    """``brainldm train STAGE`` into ``work/run_name`` (resumed when it was started; skipped when its
+    bundle exists); the exported bundle folder."""
+    run_dir = work / run_name
     bundle = run_dir / "bundle"
     if (bundle / "bundle.json").is_file():
         print(f"trained bundle already in {bundle}", flush=True)
         return bundle
-    command = ["brainldm", "train", "all", "--data", str(data), "--out", str(run_dir)]
+    command = ["brainldm", "train", stage, "--data", str(data), "--out", str(run_dir)]
     command += ["--resume"] if (run_dir / "config.yaml").is_file() else ["--config", config]
     for override in overrides:
         command += ["--set", override]
@@ -115,6 +117,20 @@ def demo(bundle: Path, out: Path) -> dict:
     if not (out / "report.json").is_file():
         run(["brainldm", "demo", "--model", str(bundle), "--out", str(out)])
     return json.loads((out / "report.json").read_text())
+
+
+def install(bundle_dir: Path, model_id: str, what: str, finish=None) -> Path:
+    """Copy a measured bundle to ``Resources/models/<model_id>/`` (never over an existing one);
+    ``finish(target)`` then edits and checks the copy."""
+    target = REPO / "Resources" / "models" / model_id
+    if target.exists():
+        raise SystemExit(f"{target} already exists; remove it first to install again")
+    shutil.copytree(bundle_dir, target)
+    if finish is not None:
+        finish(target)
+    size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file()) / 2**20
+    print(f"installed as {what}: {target} ({size:.1f} MB)", flush=True)
+    return target
 
 
 def training_time_line(training: dict, machine: str) -> str:
@@ -223,16 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model card written: {bundle_dir / 'MODEL_CARD.md'} ({(time.time() - start) / 60:.1f} min)", flush=True)
 
     if args.install:
-        target = REPO / "Resources" / "models" / bundle_json["model_id"]
-        if target.exists():
-            raise SystemExit(f"{target} already exists; remove it first to install again")
-        shutil.copytree(bundle_dir, target)
-        data = json.loads((target / "bundle.json").read_text())
-        data["default"] = True
-        (target / "bundle.json").write_text(json.dumps(data, indent=2))
-        ModelBundle.load(target)  # checks the files against bundle.json
-        size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file()) / 2**20
-        print(f"installed as the default model: {target} ({size:.1f} MB)", flush=True)
+        def mark_default(target: Path) -> None:
+            data = json.loads((target / "bundle.json").read_text())
+            data["default"] = True
+            (target / "bundle.json").write_text(json.dumps(data, indent=2))
+            ModelBundle.load(target)  # checks the files against bundle.json
+
+        install(bundle_dir, bundle_json["model_id"], "the default model", mark_default)
     return 0
 
 

@@ -1,6 +1,6 @@
 """BrainLDM Studio, Detect panel, in headless Chromium: upload a subject, make a phantom, detect
 (segmentation and overlay appear, by their pixels), overlay opacity, cancel. This module's server
-has no --synth-model: the Synthesize panel says that synthesis is unavailable."""
+has no --synth-model: the Synthesize panel names the shipped synthesis model (or says there is none)."""
 
 from __future__ import annotations
 
@@ -131,15 +131,22 @@ def test_cancel_a_running_detection(page, screenshots):
     page.screenshot(path=str(screenshots / "04-cancelled.png"))
 
 
-def test_without_a_synthesis_model_the_synthesize_panel_says_so(page):
+def test_the_synthesize_panel_shows_the_shipped_synthesis_model_or_says_there_is_none(page):
+    """This server has no --synth-model: the panel names the synthesis model shipped in
+    Resources/models, or, when none is, says synthesis is unavailable with a disabled button."""
     from brainldm.logic.catalogue import find_synthesis_model
 
-    if find_synthesis_model() is not None:
-        pytest.skip("a synthesis model is shipped: nothing to warn about")
+    shipped = find_synthesis_model()
     page.click("#tab-synth")
-    warning = page.locator("#synth-model-problem")
-    warning.wait_for(timeout=30_000)
-    assert "synthesis model not yet available" in warning.inner_text()
-    assert page.locator("#synth-model").count() == 0
-    assert page.locator("#synthesize-button").is_disabled()
+    if shipped is not None:
+        model = page.locator("#synth-model")
+        model.wait_for(timeout=30_000)
+        assert shipped.name in model.inner_text() and "shipped" in model.inner_text()
+        assert page.locator("#synth-model-problem").count() == 0
+    else:
+        warning = page.locator("#synth-model-problem")
+        warning.wait_for(timeout=30_000)
+        assert "synthesis model not yet available" in warning.inner_text()
+        assert page.locator("#synth-model").count() == 0
+        assert page.locator("#synthesize-button").is_disabled()
     page.click("#tab-detect")

@@ -53,9 +53,37 @@ def test_point_outside_the_grid_and_bad_diameter(headless):
     assert headless.scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 0
 
 
-def test_synthesis_is_reported_unavailable():
+@pytest.fixture()
+def no_shipped_synthesis_model(monkeypatch, tmp_path):
+    """A BrainLDM whose model folders hold no synthesis model (an empty folder is searched)."""
+    from brainldm.logic import catalogue
+
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    monkeypatch.setattr(catalogue, "shipped_model_dirs", lambda extra_dirs=(): [empty])
+
+
+def test_synthesis_is_reported_unavailable_without_a_model(no_shipped_synthesis_model):
     status = synth.synthesis_status()
     assert status.available is False and status.reason == "synthesis model not yet available"
+    assert synth.check_synthesis_model() is None
+
+
+def test_the_shipped_synthesis_model_is_available_with_its_recommended_settings():
+    from brainldm.logic.catalogue import find_synthesis_model
+    from brainldm.nets.synthesis_bundle import SynthesisBundle
+
+    folder = find_synthesis_model()
+    if folder is None:
+        pytest.skip("no synthesis model is shipped in Resources/models")
+    status = synth.synthesis_status()
+    inference = SynthesisBundle.read_description(folder)["inference"]
+    assert status.available is True and folder.name in status.reason
+    model = synth.check_synthesis_model()
+    assert model.shipped and model.path == folder
+    settings = model.settings(seed=4)
+    assert (settings.steps, settings.guidance, settings.mask_guidance, settings.seed) == (
+        int(inference["steps"]), float(inference["guidance"]), float(inference.get("mask_guidance", 0.0)), 4)
 
 
 def test_synthesis_status_with_a_bundle(tmp_path):
@@ -68,7 +96,7 @@ def test_synthesis_status_with_a_bundle(tmp_path):
     assert status.available is True and "untrained-synthesis-concat" in status.reason
 
 
-def test_synthesize_in_scene_with_a_synthesis_bundle(headless, tmp_path):
+def test_synthesize_in_scene_with_a_synthesis_bundle(headless, tmp_path, no_shipped_synthesis_model):
     from brainldm.data.phantom import PhantomSpec, make_phantom
     from brainldm.train.toy import untrained_synthesis_bundle
 

@@ -14,7 +14,13 @@ from brainldm.diffusion.edict import (
     edict_inversion_step,
     leapfrog_x_first,
 )
-from brainldm.diffusion.guidance import GuidedNoise, batched_guided_noise, guided_noise, make_noise_fn
+from brainldm.diffusion.guidance import (
+    GuidedNoise,
+    batched_guided_noise,
+    composed_guided_noise,
+    guided_noise,
+    make_noise_fn,
+)
 from brainldm.diffusion.sampler import (
     Cancelled,
     SamplerSettings,
@@ -275,6 +281,17 @@ def test_guided_noise_eq_2_45():
     assert torch.equal(guided_noise(cond, null, 0.0), cond)
     assert torch.allclose(guided_noise(cond, null, 5.0), 6.0 * cond - 5.0 * null)
     assert torch.allclose(guided_noise(cond, null, 3.0) - cond, 3.0 * (cond - null))
+
+
+def test_composed_guidance_adds_one_term_per_condition():
+    g = torch.Generator().manual_seed(13)
+    cond, null, healthy = (torch.randn(SHAPE, generator=g) for _ in range(3))
+    assert torch.equal(composed_guided_noise(cond), cond)
+    assert torch.allclose(composed_guided_noise(cond, (null, 5.0)), guided_noise(cond, null, 5.0))
+    both = composed_guided_noise(cond, (null, 2.0), (healthy, 3.0))
+    assert torch.allclose(both, cond + 2.0 * (cond - null) + 3.0 * (cond - healthy))
+    with pytest.raises(ValueError):
+        composed_guided_noise(cond, (null[:1], 1.0))
 
 
 def test_batched_guidance_is_one_call_and_matches_separate_calls():

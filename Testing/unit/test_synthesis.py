@@ -316,7 +316,93 @@ def test_synth_dataset_writes_exact_diameters_and_a_manifest(synth_run, phantoms
     assert (out / "synth_dataset.csv").read_text().count("\n") == 2
 
 
-def test_synth_without_a_model_says_how_to_train_one(phantoms, tmp_path, capsys):
+def test_mask_guidance_is_one_batched_call_away_from_the_healthy_mask(synth_run):
+    """Mask guidance M: eps(lesion mask, diseased) + M (eps(lesion mask, diseased) - eps(empty lesion
+    channel, healthy)), computed in one network call; M = 0 is plain conditional sampling."""
+    from brainldm.data.sampling import DISEASED, HEALTHY
+    from brainldm.nets.synthesis_bundle import SynthesisBundle
+    from brainldm.synth.generate import SynthSettings, conditioned_noise, synthesise
+
+    run, _ = synth_run
+    bundle = SynthesisBundle.load(run / "bundle")
+    model = bundle.model
+    calls = []
+    original = model.forward
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return original(*args, **kwargs)
+
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn((2, 4, 8, 8), generator=g)
+    lesion_c, healthy_c = torch.randn((2, 4, 8, 8), generator=g), torch.randn((2, 4, 8, 8), generator=g)
+    labels = torch.tensor([DISEASED, DISEASED])
+    model.forward = counting
+    try:
+        guided = conditioned_noise(model, lesion_c, labels, 0.0, healthy_c, 3.0)(z, 500)
+    finally:
+        model.forward = original
+    assert calls == [4]
+    t = torch.full((2,), 500)
+    with torch.no_grad():
+        eps_lesion = model(z, t, labels, condition=lesion_c)
+        eps_healthy = model(z, t, torch.full_like(labels, HEALTHY), condition=healthy_c)
+    assert torch.allclose(guided, eps_lesion + 3.0 * (eps_lesion - eps_healthy), atol=1e-5)
+    assert not torch.allclose(guided, eps_lesion, atol=1e-4)
+    assert torch.allclose(conditioned_noise(model, lesion_c, labels)(z, 500), eps_lesion, atol=1e-6)
+    with pytest.raises(ValueError, match="healthy condition"):
+        conditioned_noise(model, lesion_c, labels, mask_guidance=1.0)
+
+    # through synthesise: the synthesis changes with M, a healthy-masked synthesis ignores M
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (1, 4, 32, 32)).astype(np.float32)
+    brain = np.zeros((1, 32, 32), bool)
+    brain[:, 4:28, 4:28] = True
+    lesion = np.zeros_like(brain)
+    lesion[:, 12:18, 12:18] = True
+    out = {m: synthesise(bundle, images, brain, lesion, SynthSettings(steps=3, mask_guidance=m)).images
+           for m in (0.0, 4.0)}
+    assert not np.allclose(out[0.0], out[4.0])
+    healthy = {m: synthesise(bundle, images, brain, lesion, SynthSettings(steps=3, mask_guidance=m, healthy=True)).images
+               for m in (0.0, 4.0)}
+    assert np.array_equal(healthy[0.0], healthy[4.0])
+    with pytest.raises(SettingsError, match="mask guidance"):
+        SynthSettings(mask_guidance=-1.0).validate()
+
+
+@pytest.fixture()
+def no_shipped_synthesis_model(monkeypatch, tmp_path):
+    """A BrainLDM whose model folders hold no synthesis model (an empty folder is searched)."""
+    from brainldm.logic import catalogue
+
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    monkeypatch.setattr(catalogue, "shipped_model_dirs", lambda extra_dirs=(): [empty])
+
+
+def test_synth_without_a_model_uses_the_shipped_one_with_its_recommended_settings(phantoms, tmp_path):
+    from brainldm.logic.catalogue import find_synthesis_model
+    from brainldm.nets.synthesis_bundle import SynthesisBundle
+
+    shipped = find_synthesis_model()
+    if shipped is None:
+        pytest.skip("no synthesis model is shipped in Resources/models")
+    inference = SynthesisBundle.read_description(shipped)["inference"]
+    out = tmp_path / "o"
+    assert main(["synth", "--reference", str(phantoms / "Ph-0"), "--diameter", "5", "--steps", "2", "--out",
+                 str(out)]) == 0
+    report = json.loads((out / "synth.json").read_text())
+    assert report["model"]["model_id"] == SynthesisBundle.read_description(shipped)["model_id"]
+    # steps given on the command line win; guidance and mask guidance are the model's
+    assert report["settings"]["steps"] == 2
+    assert report["settings"]["mask_guidance"] == float(inference.get("mask_guidance", 0.0))
+    assert report["settings"]["guidance"] == float(inference.get("guidance", 0.0))
+    assert main(["synth", "--reference", str(phantoms / "Ph-0"), "--diameter", "5", "--steps", "2",
+                 "--mask-guidance", "0", "--out", str(tmp_path / "o2")]) == 0
+    assert json.loads((tmp_path / "o2" / "synth.json").read_text())["settings"]["mask_guidance"] == 0.0
+
+
+def test_synth_without_a_model_says_how_to_train_one(phantoms, tmp_path, capsys, no_shipped_synthesis_model):
     rc = main(["synth", "--reference", str(phantoms / "Ph-0"), "--diameter", "5", "--out", str(tmp_path / "o")])
     assert rc == 2
     err = capsys.readouterr().err

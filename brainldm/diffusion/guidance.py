@@ -44,6 +44,21 @@ def guided_noise(eps_cond: torch.Tensor, eps_null: torch.Tensor, scale: float) -
     return (1.0 + scale) * eps_cond - scale * eps_null
 
 
+def composed_guided_noise(eps_cond: torch.Tensor, *negatives: tuple[torch.Tensor, float]) -> torch.Tensor:
+    """Guidance away from several other conditions at once:
+    ``eps_cond + sum_k C_k (eps_cond - eps_k)`` (Eq. 2.45 with one guidance term per other
+    condition, in the spirit of Liu et al. 2022's composed guidance). With one ``(eps_null, C)`` it is
+    :func:`guided_noise`. The synthesis models use it to guide toward the window's label
+    (negative: the null label) and toward the painted lesion (negative: the same brain with an
+    empty lesion channel, "mask guidance")."""
+    out = eps_cond
+    for eps_other, scale in negatives:
+        if eps_other.shape != eps_cond.shape:
+            raise ValueError(f"conditional {tuple(eps_cond.shape)} and other {tuple(eps_other.shape)} shapes differ")
+        out = out + float(scale) * (eps_cond - eps_other)
+    return out
+
+
 def _timestep_tensor(t: int, batch: int, device: torch.device) -> torch.Tensor:
     return torch.full((batch,), int(t), dtype=torch.long, device=device)
 

@@ -541,7 +541,9 @@ def run_synth_check(request: SynthCheckRequest, bundle, detector=None, detection
     results = write(True)
     if figures:
         check_figure(figures, methods, out / "check.png",
-                     title=f"{bundle.model_id}: {float(request.diameter_mm):g} mm lesions in {Path(request.references).name}")
+                     title=f"{bundle.model_id}: {float(request.diameter_mm):g} mm lesions in {Path(request.references).name}"
+                           f" (N {request.settings.steps}, C {request.settings.guidance:g}, "
+                           f"M {request.settings.mask_guidance:g})")
     return results
 
 
@@ -598,7 +600,7 @@ def check_figure(cases: list[dict[str, Any]], methods: list[str], path: str | Pa
     from matplotlib.figure import Figure
 
     colours = {FLAIR_METHOD: "#ff9000", DETECTOR_METHOD: "#ff2020"}
-    fig = Figure(figsize=(3.2 * 4, 3.5 * len(cases) + 0.6), facecolor="black")
+    fig = Figure(figsize=(3.2 * 4, 3.5 * len(cases) + 0.9), facecolor="black")
     axes = np.atleast_2d(fig.subplots(len(cases), 4))
     for r, case in enumerate(cases):
         brain = case["brain"]
@@ -641,7 +643,7 @@ def check_figure(cases: list[dict[str, Any]], methods: list[str], path: str | Pa
             ax.set_axis_off()
     legend = "FLAIR baseline: orange" + (", detector: red" if DETECTOR_METHOD in methods else "")
     fig.suptitle(f"{title}\n{legend}".strip(), color="white", fontsize=10)
-    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.9 / fig.get_figheight(), bottom=0.01, wspace=0.03,
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 1.2 / fig.get_figheight(), bottom=0.01, wspace=0.03,
                         hspace=0.22)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

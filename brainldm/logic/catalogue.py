@@ -133,7 +133,7 @@ def _is_synthesis_bundle(folder: Path) -> bool:
 
 
 def find_synthesis_model(extra_dirs: tuple[str | Path, ...] | list[str | Path] = ()) -> Path | None:
-    """A lesion synthesis bundle shipped in the model folders, or None (none is shipped yet)."""
+    """A lesion synthesis bundle shipped in the model folders (the first by folder name), or None."""
     for root in shipped_model_dirs(extra_dirs):
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):
             if _is_synthesis_bundle(folder):
@@ -149,7 +149,7 @@ def resolve_synthesis_model(model: str | Path | None = None, extra_dirs=()) -> P
     found = find_synthesis_model(extra_dirs)
     if found is None:
         raise ModelBundleError(
-            "No lesion synthesis model is available (none is shipped with BrainLDM yet): train one with "
+            "No lesion synthesis model is available (none given and none in Resources/models): train one with "
             "'brainldm train synthesis --config synth-2d --data SUBJECTS --out RUN' (phantoms work: 'brainldm "
             "phantom --out SUBJECTS --count 24'), then pass --model RUN/bundle.")
     return found

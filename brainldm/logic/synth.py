@@ -9,10 +9,11 @@
   ``out_dir`` it also writes it as files, as ``brainldm synth`` does.
 * :func:`check_synthesis_model` checks a synthesis bundle in full before it is used (a front
   end's ``--synth-model`` option) and reads its recommended sampling settings.
-* No synthesis model is shipped yet: without one given, :func:`synthesis_status` reports
-  "synthesis model not yet available" and the module keeps its Synthesize button disabled with
-  that reason instead of pretending; :func:`brainldm.logic.catalogue.find_synthesis_model` picks
-  up a synthesis bundle once one is shipped in the model folders.
+* Without a model given, the synthesis bundle shipped in ``Resources/models``
+  (:func:`brainldm.logic.catalogue.find_synthesis_model`) is used with its recommended settings
+  (``bundle.json`` "inference": steps, guidance, mask guidance); when there is none,
+  :func:`synthesis_status` reports "synthesis model not yet available" and the module keeps its
+  Synthesize button disabled with that reason instead of pretending.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class SynthesisModel:
     shipped: bool = False
     steps: int = 50
     guidance: float = 0.0
+    mask_guidance: float = 0.0
 
     @property
     def label(self) -> str:
@@ -72,7 +74,8 @@ class SynthesisModel:
         """The :class:`~brainldm.synth.generate.SynthSettings` to synthesise with this model."""
         from brainldm.synth.generate import SynthSettings
 
-        return SynthSettings(steps=self.steps, guidance=self.guidance, seed=int(seed)).validate()
+        return SynthSettings(steps=self.steps, guidance=self.guidance, mask_guidance=self.mask_guidance,
+                             seed=int(seed)).validate()
 
 
 def check_synthesis_model(model: str | Path | None = None, extra_dirs=()) -> SynthesisModel | None:
@@ -97,11 +100,12 @@ def check_synthesis_model(model: str | Path | None = None, extra_dirs=()) -> Syn
     inference = description.get("inference") if isinstance(description.get("inference"), dict) else {}
     try:
         steps, guidance = int(inference.get("steps", 50)), float(inference.get("guidance", 0.0))
+        mask_guidance = float(inference.get("mask_guidance", 0.0))
     except (TypeError, ValueError) as error:
         raise ModelBundleError(f"{folder}: the recommended inference settings in bundle.json are not numbers "
                                f"({inference}); the bundle is corrupt - export it again.") from error
     return SynthesisModel(path=folder.resolve(), model_id=str(description["model_id"]), shipped=shipped,
-                          steps=steps, guidance=guidance)
+                          steps=steps, guidance=guidance, mask_guidance=mask_guidance)
 
 
 def synthesis_status(model: str | Path | None = None) -> SynthesisStatus:
@@ -162,7 +166,7 @@ def synthesize_in_scene(params: SynthParameters, scene=None, model: str | Path |
     lesion = mrml.from_source_grid(labels, subject)
     if not (lesion > 0).any():
         raise InputDataError("The lesion segmentation is empty: paint the lesion first.")
-    settings = settings or SynthSettings(seed=params.seed)
+    settings = settings or SynthSettings.from_inference(bundle.inference, seed=params.seed)
     result = synthesise_subject(subject, lesion, bundle, settings, subject_id=f"{prefix}-synth", progress=progress,
                                 cancel=cancel)
     if out_dir is not None:

@@ -60,7 +60,7 @@ _DESCRIBED_KEYS = ("format", "format_version", "kind", "model_id", "created", "a
 _REQUIRED_KEYS = ("model_id", "autoencoder", "mask_autoencoder", "denoiser", "conditioning", "preprocess",
                   "latent_scale", "mask_latent_scale", "schedule")
 
-#: What to tell a user who has no synthesis model (none is shipped yet).
+#: What to tell a user who has no synthesis model (none given and none in Resources/models).
 HOW_TO_TRAIN = ("train one with 'brainldm train synthesis --config synth-2d --data SUBJECTS --out RUN' "
                 "(phantoms work: 'brainldm phantom --out SUBJECTS --count 24'), then pass --model RUN/bundle")
 

@@ -8,7 +8,10 @@ one volume (3D models), all on the preprocessed (cropped, [-1, 1]) grid:
    ``mask_latent_scale``: the condition of every denoiser call.
 2. :func:`conditioned_noise` - the noise prediction ``eps(z, t, y, condition)`` with the label
    ``y`` = diseased where the window's mask holds a lesion, healthy elsewhere, optionally guided
-   toward it (classifier-free guidance, Eq. 2.45).
+   toward it (classifier-free guidance, Eq. 2.45) and toward the painted lesion ("mask
+   guidance": away from the same brain with an empty lesion channel and the healthy label,
+   :func:`~brainldm.diffusion.guidance.composed_guided_noise`) - which makes the lesion's
+   contrast stronger than plain conditional sampling of a small model gives.
 3. :func:`sample` - deterministic DDIM steps (Eq. 2.33) on the explicit ``(t, t_prev)`` pairs of
    :func:`~brainldm.diffusion.schedule.timestep_pairs`. With ``known`` (the reference's own
    latent) and ``keep`` (where to keep it), every step replaces the kept region by the reference
@@ -36,7 +39,7 @@ from scipy import ndimage as ndi
 
 from brainldm.data.sampling import DISEASED, HEALTHY
 from brainldm.diffusion.ddim import ddim_step
-from brainldm.diffusion.guidance import guided_noise
+from brainldm.diffusion.guidance import composed_guided_noise
 from brainldm.diffusion.sampler import Cancelled, StepCallback, StepInfo
 from brainldm.diffusion.schedule import NoiseSchedule, timestep_pairs
 from brainldm.errors import SettingsError
@@ -50,6 +53,8 @@ class SynthSettings:
 
     ``steps``: DDIM steps N; ``guidance``: classifier-free guidance C toward the window's
     healthy / diseased label (0 = plain conditional sampling; the mask is always the condition);
+    ``mask_guidance``: guidance M toward the painted lesion, away from the same brain with an
+    empty lesion channel (0 = off; ignored by a healthy-masked synthesis);
     ``mode``: ``"inpaint"`` generates only the lesion's surroundings (``margin_mm``) and keeps the
     rest of the reference, ``"full"`` generates whole slices from the masks (the thesis's
     synthetic dataset); ``seed``: the noise; ``slice_batch``: slices per network call.
@@ -60,6 +65,7 @@ class SynthSettings:
 
     steps: int = 50
     guidance: float = 0.0
+    mask_guidance: float = 0.0
     mode: SynthMode = "inpaint"
     margin_mm: float = 8.0
     seed: int = 0
@@ -73,6 +79,8 @@ class SynthSettings:
                                 f"got {self.steps}.")
         if not 0.0 <= float(self.guidance) <= 20.0:
             raise SettingsError(f"The guidance scale must lie in [0, 20], got {self.guidance}.")
+        if not 0.0 <= float(self.mask_guidance) <= 20.0:
+            raise SettingsError(f"The mask guidance scale must lie in [0, 20], got {self.mask_guidance}.")
         if self.mode not in ("inpaint", "full"):
             raise SettingsError(f"The synthesis mode must be 'inpaint' or 'full', got {self.mode!r}.")
         if not 0.0 <= float(self.margin_mm) <= 100.0:
@@ -83,6 +91,17 @@ class SynthSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_inference(cls, inference: dict | None, **overrides) -> SynthSettings:
+        """The settings a synthesis bundle recommends (its ``bundle.json`` "inference": ``steps``,
+        ``guidance``, ``mask_guidance``), with ``overrides`` that are not None taking precedence."""
+        recommended = {k: (inference or {})[k] for k in ("steps", "guidance", "mask_guidance")
+                       if isinstance((inference or {}).get(k), (int, float))}
+        if "steps" in recommended:
+            recommended["steps"] = int(recommended["steps"])
+        chosen = {**recommended, **{k: v for k, v in overrides.items() if v is not None}}
+        return cls(**chosen).validate()
 
 
 # --------------------------------------------------------------------------- geometry helpers
@@ -148,21 +167,29 @@ def window_labels(lesion: torch.Tensor | np.ndarray) -> torch.Tensor:
     return torch.where(has, torch.tensor(DISEASED), torch.tensor(HEALTHY)).long()
 
 
-def conditioned_noise(model, condition: torch.Tensor, labels: torch.Tensor, guidance: float = 0.0
+def conditioned_noise(model, condition: torch.Tensor, labels: torch.Tensor, guidance: float = 0.0,
+                      healthy_condition: torch.Tensor | None = None, mask_guidance: float = 0.0,
                       ) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """``eps_fn(z, t)`` of a :class:`~brainldm.nets.conditioning.ConditionedDenoiser` for one batch of
     windows: per-window labels, the mask latent as condition, guidance ``C`` toward the labels
-    (``(1 + C) eps(y) - C eps(null)`` in one doubled call) when ``C > 0``."""
+    (negative: the null label, Eq. 2.45) and ``M`` toward the lesion (negative: ``healthy_condition``,
+    the mask latent of the same brain without the lesion, with the healthy label), all branches
+    in one batched call (:func:`~brainldm.diffusion.guidance.composed_guided_noise`)."""
     labels = labels.to(condition.device)
-    null = torch.full_like(labels, int(model.null_label))
+    branches = [(labels, condition, None)]
+    if guidance > 0.0:
+        branches.append((torch.full_like(labels, int(model.null_label)), condition, float(guidance)))
+    if mask_guidance > 0.0:
+        if healthy_condition is None:
+            raise ValueError("mask guidance needs the healthy condition")
+        branches.append((torch.full_like(labels, HEALTHY), healthy_condition.to(condition.device), float(mask_guidance)))
 
     def eps_fn(z: torch.Tensor, t: int) -> torch.Tensor:
-        batch = z.shape[0]
-        if guidance == 0.0:
-            return model(z, torch.full((batch,), int(t), device=z.device), labels, condition=condition)
-        eps = model(torch.cat([z, z]), torch.full((2 * batch,), int(t), device=z.device), torch.cat([labels, null]),
-                    condition=torch.cat([condition, condition]))
-        return guided_noise(eps[:batch], eps[batch:], float(guidance))
+        batch, k = z.shape[0], len(branches)
+        eps = model(torch.cat([z] * k), torch.full((k * batch,), int(t), device=z.device),
+                    torch.cat([b[0] for b in branches]), condition=torch.cat([b[1] for b in branches]))
+        parts = eps.split(batch)
+        return composed_guided_noise(parts[0], *[(part, b[2]) for part, b in zip(parts[1:], branches[1:])])
 
     return eps_fn
 
@@ -266,9 +293,16 @@ def synthesise(
         m = torch.from_numpy(np.ascontiguousarray(padded_masks[part])).to(device)
         condition = mask_latents(bundle.mask_autoencoder, m, bundle.mask_latent_scale)
         labels = window_labels(condition_lesion[part])
+        healthy_condition = None
+        mask_guidance = 0.0 if settings.healthy else float(settings.mask_guidance)
+        if mask_guidance > 0.0:
+            healthy_masks = np.stack([conditioning_mask(b, None) for b in brain[part]])
+            healthy_masks, _ = pad_spatial(healthy_masks, multiple, 0.0)
+            healthy_condition = mask_latents(bundle.mask_autoencoder, torch.from_numpy(healthy_masks).to(device),
+                                             bundle.mask_latent_scale)
         z_ref = bundle.autoencoder.encode(x) * float(bundle.latent_scale)
         noise = torch.randn(z_ref.shape, generator=generator).to(device=device, dtype=z_ref.dtype)
-        eps_fn = conditioned_noise(bundle.model, condition, labels, settings.guidance)
+        eps_fn = conditioned_noise(bundle.model, condition, labels, settings.guidance, healthy_condition, mask_guidance)
         if settings.mode == "inpaint":
             keep = torch.from_numpy(latent_keep_mask(generate_region[part, 0], c)).to(device)
             z = sample(eps_fn, schedule, settings.steps, noise, z_ref, keep, callback, cancel)

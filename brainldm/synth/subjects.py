@@ -55,7 +55,7 @@ def load_synthesis_model(model: str | Path | None, device: str = "cpu"):
     from brainldm.nets.synthesis_bundle import HOW_TO_TRAIN, SynthesisBundle
 
     if model is None or str(model).strip() == "":
-        raise ModelBundleError(f"No lesion synthesis model is available (none is shipped with BrainLDM yet): "
+        raise ModelBundleError(f"No lesion synthesis model is available (none given and none in Resources/models): "
                                f"{HOW_TO_TRAIN}.")
     return SynthesisBundle.load(model, device=device)
 
@@ -523,7 +523,7 @@ def _write_manifest(out: Path, request: SynthDatasetRequest, bundle, rows: list[
 def synthesis_unavailable_message() -> str:
     from brainldm.nets.synthesis_bundle import HOW_TO_TRAIN
 
-    return f"No lesion synthesis model is available (none is shipped with BrainLDM yet): {HOW_TO_TRAIN}."
+    return f"No lesion synthesis model is available (none given and none in Resources/models): {HOW_TO_TRAIN}."
 
 
 __all__ = [

@@ -681,6 +681,7 @@ def synthesis_model_card(model_id: str, bundle_description: dict[str, Any]) -> s
     name = ConditioningConfig.from_dict(cond).label + (" (latent concatenation)" if cond["mechanism"] == "concat"
                                                        else " (structural encoder)")
     data = training.get("synthesis", {}).get("data", {})
+    number = lambda value: f"{value:.4g}" if isinstance(value, (int, float)) else str(value)  # noqa: E731
     return f"""# {model_id}
 
 BrainLDM lesion synthesis model (thesis §4.3): a 2-channel (brain, lesion) mask, encoded by its own
@@ -696,8 +697,8 @@ says, in a brain shaped like the brain mask. Configuration {name}.
 - Training windows: {d.get('patch_size')} image voxels.
 
 ## Training
-- Configuration: {training.get('config_name', '?')}; synthesis network {training.get('synthesis', {}).get('step', '?')} steps, best validation noise MSE {training.get('synthesis', {}).get('best_val_loss')}.
-- Mask autoencoder: {training.get('mask_autoencoder', {}).get('step', '?')} steps, validation lesion Dice {training.get('mask_autoencoder', {}).get('val_lesion_dice')}.
+- Configuration: {training.get('config_name', '?')}; synthesis network {training.get('synthesis', {}).get('step', '?')} steps, best validation noise MSE {number(training.get('synthesis', {}).get('best_val_loss'))}.
+- Mask autoencoder: {training.get('mask_autoencoder', {}).get('step', '?')} steps, validation lesion Dice {number(training.get('mask_autoencoder', {}).get('val_lesion_dice'))}.
 - Data: {data.get('n_train', '?')} training subjects from `{Path(str(data.get('data_dir', '?'))).name}`.
 
 ## Limitations
@@ -778,7 +779,7 @@ def export_synthesis_bundle(run: str | Path, out: str | Path, model_id: str | No
         latent_scale=float(extra["latent_scale"]), mask_latent_scale=float(extra["mask_latent_scale"]),
         schedule_config=dict(config["synthesis"]["denoiser"]["schedule"]), model_id=model_id,
         patch_size=tuple(int(s) for s in config["synthesis"]["denoiser"]["patch_size"]),
-        inference=dict(inference or {"steps": 50, "guidance": 0.0}), training=training,
+        inference=dict(inference or {"steps": 50, "guidance": 0.0, "mask_guidance": 0.0}), training=training,
     )
     bundle.model_card = synthesis_model_card(model_id, bundle.describe())
     return bundle.save(out, overwrite=overwrite)
