@@ -118,3 +118,33 @@ def test_synthesize_in_scene_with_a_synthesis_bundle(headless, tmp_path, no_ship
     before, after = mrml.volume_array(nodes.volumes["t2f"]), mrml.volume_array(out.volumes["t2f"])
     changed = before != after
     assert changed[lesion > 0].any() and not changed[:, :, :60].any()  # only slices with the lesion change
+
+
+@pytest.mark.slow
+def test_synthesize_in_scene_with_the_shipped_model_paints_a_lesion_the_flair_baseline_finds(headless, tmp_path):
+    """The Synth module's path with no model chosen: the shipped synthesis model with its recommended
+    steps and mask guidance; the painted 20 mm lesion comes out brighter on FLAIR, where it was painted."""
+    from brainldm.data.phantom import PhantomSpec, make_phantom
+    from brainldm.logic.catalogue import find_synthesis_model
+    from brainldm.data.preprocess import brain_mask
+    from brainldm.nets.synthesis_bundle import SynthesisBundle
+
+    shipped = find_synthesis_model()
+    if shipped is None:
+        pytest.skip("no synthesis model is shipped in Resources/models")
+    subject = make_phantom(PhantomSpec(seed=7, subject_id="Ref", n_tumours=0))
+    nodes = mrml.add_subject(subject)
+    grid = np.indices(subject.shape)
+    lesion = (sum((g - c) ** 2 for g, c in zip(grid, (135, 110, 80))) <= 9.5**2).astype(np.uint8)  # 20 mm ball
+    assert brain_mask(subject.images)[lesion > 0].all()
+    painted = mrml.segmentation_from_labels(lesion, nodes.reference, "lesion")
+    params = synth.SynthParameters(reference_volume=nodes.volumes["t2f"], lesion_segmentation=painted, seed=3)
+    out = synth.synthesize_in_scene(params, out_dir=tmp_path / "out")
+    report = __import__("json").loads((tmp_path / "out" / "synth.json").read_text())
+    inference = SynthesisBundle.read_description(shipped)["inference"]
+    assert report["model"]["path"] == str(shipped)
+    assert report["settings"]["mask_guidance"] == inference["mask_guidance"] and report["settings"]["steps"] == 50
+    before, after = mrml.volume_array(nodes.volumes["t2f"]), mrml.volume_array(out.volumes["t2f"])
+    inside = lesion > 0
+    print(f"\nFLAIR in the painted lesion: {before[inside].mean():.0f} -> {after[inside].mean():.0f}")
+    assert after[inside].mean() > before[inside].mean() * 1.05
