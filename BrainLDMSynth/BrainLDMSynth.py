@@ -1,11 +1,11 @@
-"""BrainLDMSynth: paint a lesion mask and (once a synthesis model exists) synthesise a tumour of
-a chosen size into a healthy-looking brain (thesis §4.3).
+"""BrainLDMSynth: paint a lesion mask and synthesise a tumour into the brain where it was
+painted (thesis §4.3), or make realistic phantom subjects with a tumour of a chosen diameter at a
+chosen point (``brainldm.data.phantom``, loaded with exact labels).
 
-Today the module makes realistic phantom subjects with a tumour of a chosen diameter at a
-chosen point (``brainldm.data.phantom``) and loads them with exact labels. The Synthesize
-button stays disabled, saying why, until a synthesis model and its logic exist
-(``brainldm.logic.synth.synthesis_status``). All behaviour is in ``BrainLDMSynthLogic`` ->
-``brainldm.logic.synth``.
+Synthesize uses the synthesis model shipped in ``Resources/models`` with its recommended settings
+and adds the synthetic sequences and the lesion as new nodes; without a synthesis model the button
+stays disabled, saying why (``brainldm.logic.synth.synthesis_status``). All behaviour is in
+``BrainLDMSynthLogic`` -> ``brainldm.logic.synth``.
 """
 
 import os
@@ -44,9 +44,9 @@ class BrainLDMSynth(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["BrainLDM contributors"]
         self.parent.helpText = """
-Paint a lesion mask on a reference brain and choose its size. Today: make a realistic four-sequence phantom brain
-with a tumour of the chosen diameter at the chosen point, with exact labels. Lesion synthesis into real scans will
-be enabled once a synthesis model is available.
+Paint a lesion mask on a reference brain (the subject's four sequences must be loaded) and Synthesize: a tumour
+appears where it was painted, in new volumes beside the subject's. Or make a realistic four-sequence phantom brain
+with a tumour of the chosen diameter at the chosen point, with exact labels.
 See <a href="https://github.com/brainldm/brainldm/blob/main/docs/slicer.md">docs/slicer.md</a>."""
         self.parent.acknowledgementText = "Built on 3D Slicer, PyTorch and MONAI."
 
@@ -85,6 +85,7 @@ class BrainLDMSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.makePhantomButton.connect("clicked(bool)", self.onMakePhantom)
+        self.ui.synthesizeButton.connect("clicked(bool)", self.onSynthesize)
         self.ui.lesionPointSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._onPointListChanged)
         self.ui.referenceVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._syncSegmentEditor)
         self.ui.lesionSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._syncSegmentEditor)
@@ -149,6 +150,30 @@ class BrainLDMSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                              + (" and its tumour labels." if nodes.segmentation else "."))
 
 
+    def onSynthesize(self) -> None:
+        """Synthesise the painted lesion (about a minute on a CPU), with a progress dialog that can cancel."""
+        with slicer.util.tryWithErrorDisplay("Could not synthesise the lesion.", waitCursor=True):
+            self.logic.ensureDependencies(confirm=lambda text: slicer.util.confirmOkCancelDisplay(text))
+            params = self.logic.parameters(self._parameterNode)
+            dialog = slicer.util.createProgressDialog(labelText="Synthesising the lesion...", maximum=100)
+
+            def progress(stage, fraction):
+                dialog.labelText = f"Synthesising the lesion: {stage}"
+                dialog.value = int(round(100 * fraction))
+                slicer.app.processEvents()
+
+            try:
+                nodes = self.logic.synthesize(params, progress=progress, cancel=lambda: dialog.wasCanceled)
+            except self.logic.cancelledError():
+                self.ui.synthStatusLabel.text = "Synthesis cancelled; nothing was added."
+                return
+            finally:
+                dialog.close()
+            slicer.util.setSliceViewerLayers(background=nodes.volumes["t2f"], fit=True)
+            self.ui.synthStatusLabel.text = (f"Synthesised {nodes.reference.GetName().rsplit('-', 1)[0]}: four new "
+                                             "sequences and the painted lesion as a segmentation.")
+
+
 class BrainLDMSynthLogic(ScriptedLoadableModuleLogic):
     """All behaviour, no Qt: a thin layer over ``brainldm.logic.synth``."""
 
@@ -193,6 +218,18 @@ class BrainLDMSynthLogic(ScriptedLoadableModuleLogic):
         from brainldm.logic.synth import make_phantom_in_scene
 
         return make_phantom_in_scene(params)
+
+    def synthesize(self, params, progress=None, cancel=None):
+        """The painted lesion synthesised into the subject (the shipped synthesis model, its settings)."""
+        from brainldm.logic.synth import synthesize_in_scene
+
+        return synthesize_in_scene(params, progress=progress, cancel=cancel)
+
+    @staticmethod
+    def cancelledError():
+        from brainldm.diffusion.sampler import Cancelled
+
+        return Cancelled
 
 
 class BrainLDMSynthTest(ScriptedLoadableModuleTest):

@@ -196,6 +196,16 @@ def test_widget_code_uses_only_controls_that_exist(module):
     assert used <= names, f"{module}: the widget uses controls missing from the .ui: {sorted(used - names)}"
 
 
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_every_button_does_something(module):
+    """A push button in the .ui that the widget never connects would be enabled and do nothing."""
+    source = (ROOT / module / f"{module}.py").read_text(encoding="utf-8")
+    buttons = [w["name"] for w in ui_widgets(module) if w["class"] in ("QPushButton", "ctkPushButton", "QToolButton")]
+    assert buttons, f"{module}: no buttons?"
+    idle = [b for b in buttons if not re.search(rf"self\.ui\.{b}\.connect\(\s*[\"']clicked", source)]
+    assert not idle, f"{module}: buttons never connected: {idle}"
+
+
 def test_synthesize_button_is_disabled_and_says_why():
     widgets = {w["name"]: w for w in ui_widgets("BrainLDMSynth")}
     button = widgets["synthesizeButton"]
