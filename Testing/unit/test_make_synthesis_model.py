@@ -61,7 +61,7 @@ def test_make_synthesis_model_end_to_end(tmp_path, monkeypatch):
     assert chosen in (0.0, 2.0) and manifest["inference"]["steps"] == 2
     for m in ("m0", "m2"):
         assert (work / "select" / m / "check.json").is_file()
-    check = json.loads((work / "check" / "check.json").read_text())
+    check = json.loads((work / f"check-m{chosen:g}-flair" / "check.json").read_text())
     assert check["synthesis_settings"]["mask_guidance"] == chosen  # the held-out check used the choice
     card = (bundle / "MODEL_CARD.md").read_text()
     assert "## Measured" in card and "(chosen)" in card and "Held-out phantoms" in card
