@@ -149,7 +149,6 @@ class BrainLDMSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.synthStatusLabel.text = (f"Loaded {nodes.reference.GetName().rsplit('-', 1)[0]}: four sequences"
                                              + (" and its tumour labels." if nodes.segmentation else "."))
 
-
     def onSynthesize(self) -> None:
         """Synthesise the painted lesion (about a minute on a CPU), with a progress dialog that can cancel."""
         with slicer.util.tryWithErrorDisplay("Could not synthesise the lesion.", waitCursor=True):

@@ -184,12 +184,17 @@ def conditioned_noise(model, condition: torch.Tensor, labels: torch.Tensor, guid
             raise ValueError("mask guidance needs the healthy condition")
         branches.append((torch.full_like(labels, HEALTHY), healthy_condition.to(condition.device), float(mask_guidance)))
 
+    k = len(branches)
+    all_labels = torch.cat([b[0] for b in branches]) if k > 1 else labels  # fixed over the steps
+    all_conditions = torch.cat([b[1] for b in branches]) if k > 1 else condition
+    scales = [b[2] for b in branches[1:]]
+
     def eps_fn(z: torch.Tensor, t: int) -> torch.Tensor:
-        batch, k = z.shape[0], len(branches)
-        eps = model(torch.cat([z] * k), torch.full((k * batch,), int(t), device=z.device),
-                    torch.cat([b[0] for b in branches]), condition=torch.cat([b[1] for b in branches]))
+        batch = z.shape[0]
+        eps = model(torch.cat([z] * k) if k > 1 else z, torch.full((k * batch,), int(t), device=z.device),
+                    all_labels, condition=all_conditions)
         parts = eps.split(batch)
-        return composed_guided_noise(parts[0], *[(part, b[2]) for part, b in zip(parts[1:], branches[1:])])
+        return composed_guided_noise(parts[0], *zip(parts[1:], scales))
 
     return eps_fn
 
