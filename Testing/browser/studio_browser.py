@@ -167,6 +167,22 @@ def settled_view(page, tag: str, timeout: float = 30.0) -> np.ndarray:
         previous = pixels
 
 
+def wait_for_settled_view(page, tag: str, condition, timeout: float = 60.0, what: str = "") -> np.ndarray:
+    """A settled view (:func:`settled_view`) that meets ``condition``; settled views are taken
+    until one does. Under load the stream can show a stale or intermediate frame for a second or
+    more (seen on CI), so one settled view that fails is not yet the answer; a view that never
+    meets the condition within ``timeout`` fails with its statistics."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pixels = settled_view(page, tag, timeout=max(5.0, deadline - time.monotonic()))
+        if condition(pixels):
+            return pixels
+        if time.monotonic() > deadline:
+            raise AssertionError(f"view {tag}: {what or 'condition'} not met by a settled view within {timeout} s "
+                                 f"({picture_stats(pixels)})")
+        time.sleep(0.5)
+
+
 def mean_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(int) - b.astype(int)).mean())
 
