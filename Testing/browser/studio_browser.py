@@ -140,11 +140,12 @@ def colour_fraction(pixels: np.ndarray, saturation: int = 60) -> float:
     return float(((p.max(axis=2) - p.min(axis=2)) > saturation).mean())
 
 
-def wait_for_view(page, tag: str, condition, timeout: float = 60.0, what: str = "") -> np.ndarray:
-    """Poll a view's pixels until ``condition(pixels)``; the views render asynchronously."""
+def wait_for_view(page, tag: str, condition, timeout: float = 60.0, what: str = "", capture=None) -> np.ndarray:
+    """Poll a view's pixels (``capture(page, tag)``, default :func:`view_pixels`) until
+    ``condition(pixels)``; the views render asynchronously."""
     deadline = time.monotonic() + timeout
     while True:
-        pixels = view_pixels(page, tag)
+        pixels = (capture or view_pixels)(page, tag)
         if condition(pixels):
             return pixels
         if time.monotonic() > deadline:
@@ -168,19 +169,10 @@ def settled_view(page, tag: str, timeout: float = 30.0) -> np.ndarray:
 
 
 def wait_for_settled_view(page, tag: str, condition, timeout: float = 60.0, what: str = "") -> np.ndarray:
-    """A settled view (:func:`settled_view`) that meets ``condition``; settled views are taken
-    until one does. Under load the stream can show a stale or intermediate frame for a second or
-    more (seen on CI), so one settled view that fails is not yet the answer; a view that never
-    meets the condition within ``timeout`` fails with its statistics."""
-    deadline = time.monotonic() + timeout
-    while True:
-        pixels = settled_view(page, tag, timeout=max(5.0, deadline - time.monotonic()))
-        if condition(pixels):
-            return pixels
-        if time.monotonic() > deadline:
-            raise AssertionError(f"view {tag}: {what or 'condition'} not met by a settled view within {timeout} s "
-                                 f"({picture_stats(pixels)})")
-        time.sleep(0.5)
+    """A settled view (:func:`settled_view`) that meets ``condition``, taking settled views until one
+    does: under load the stream can show a stale or intermediate frame for a second or more (seen
+    on CI), so one settled view that fails is not yet the answer."""
+    return wait_for_view(page, tag, condition, timeout, what, capture=lambda p, t: settled_view(p, t, timeout=30.0))
 
 
 def mean_difference(a: np.ndarray, b: np.ndarray) -> float:
