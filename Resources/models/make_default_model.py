@@ -177,10 +177,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a training setting (passed to brainldm train), e.g. device=cpu")
     parser.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
                         help="processes generating phantoms (default %(default)s)")
+    parser.add_argument("--train-count", type=int, default=TRAIN_PHANTOMS["n"], metavar="N",
+                        help="training phantoms to generate (seed %d; default %%(default)s)" % TRAIN_PHANTOMS["seed"])
     parser.add_argument("--stop-after", choices=["train", "card"], default="card",
                         help="'train': stop once the bundle is trained (e.g. on a rented GPU); run again "
                              "without it to measure and write the card (finished steps are skipped)")
     args = parser.parse_args(argv)
+    TRAIN_PHANTOMS["n"] = args.train_count
     GRID.update(encoder=args.encoder, steps=args.steps, guidance=args.guidance, noise_level=args.noise_level,
                 thresholds=args.thresholds, smoothing=args.smoothing)
 

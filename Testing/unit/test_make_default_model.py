@@ -74,3 +74,25 @@ def test_finetune_keeps_the_first_stage_and_says_where_the_denoiser_started(scri
     mtime = (bundle / "denoiser.pt").stat().st_mtime_ns
     assert script.finetune(work, str(preset), work / "data" / "train", first) == bundle
     assert (bundle / "denoiser.pt").stat().st_mtime_ns == mtime
+
+
+def test_a_second_fine_tune_keeps_the_whole_history(script, tmp_path):
+    """Fine-tuning an already fine-tuned bundle: its init record nests the earlier one, and the first
+    stage keeps the machine it was trained on (not the machine the parent bundle was exported on)."""
+    work = tmp_path / "work"
+    tiny = ["--set", "split.train=1.0", "--set", "split.val=0.0", "--set", "split.test=0.0"]
+    assert script.main(["--work", str(work), "--config", "tiny", "--stop-after", "train", "--workers", "1",
+                        "--set", "autoencoder.max_steps=2", "--set", "denoiser.max_steps=2", *tiny]) == 0
+    first = work / "run" / "bundle"
+    manifest = json.loads((first / "bundle.json").read_text())
+    manifest["training"]["autoencoder"]["machine"] = "the GPU it was trained on"
+    (first / "bundle.json").write_text(json.dumps(manifest))
+    preset = tmp_path / "finetune.yaml"
+    preset.write_text("extends: tiny\nsplit: {train: 1.0, val: 0.0, test: 0.0}\ndenoiser: {max_steps: 3}\n")
+    second = script.finetune(work, str(preset), work / "data" / "train", first)
+    third = script.finetune(tmp_path / "again", str(preset), work / "data" / "train", second)
+    training = json.loads((third / "bundle.json").read_text())["training"]
+    init = training["denoiser"]["init"]
+    assert init["model_id"] == json.loads((second / "bundle.json").read_text())["model_id"]
+    assert init["init"]["model_id"] == manifest["model_id"] and init["init"]["denoiser"]["step"] == 2
+    assert training["autoencoder"]["machine"] == "the GPU it was trained on"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pytest
 import yaml
 
@@ -46,6 +47,14 @@ def test_cpu_small_is_kl_compression_4_with_coords():
     assert c.denoiser.model.position_embedding == "coords"
     assert c.denoiser.latent_patch_size(4) == (16, 16, 16)
     assert 0 < c.denoiser.ema_decay < 0.9999
+
+
+def test_default_2d_c4_gpu_halves_compression_at_the_same_latent_pixels_per_batch():
+    c4, c8 = load_config("default-2d-c4-gpu"), load_config("default-2d-gpu")
+    assert c4.autoencoder.model.compression == 4 and c8.autoencoder.model.compression == 8
+    assert c4.denoiser.model.channels == (8, 16, 32) and c4.device == "auto"
+    pixels = lambda c, k: c.denoiser.batch_size * math.prod(c.denoiser.latent_patch_size(k))  # noqa: E731
+    assert pixels(c4, 4) == pixels(c8, 8)
 
 
 def test_default_extends_cpu_small():

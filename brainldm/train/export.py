@@ -104,6 +104,8 @@ def init_record(path: str | Path) -> dict[str, Any]:
                       denoiser={k: denoiser.get(k) for k in ("step", "seconds", "best_val_loss", "best_step")
                                 if k in denoiser})
         record["denoiser"].update({k: config[k] for k in ("patch_size", "batch_size", "lr") if k in config})
+        if denoiser.get("init"):  # that bundle's denoiser was itself fine-tuned: keep the whole chain
+            record["init"] = denoiser["init"]
         return record
     try:
         state = load_checkpoint(resolve_checkpoint(path))
@@ -321,8 +323,8 @@ def export_bundle(
     if ae_bundle is not None:  # the first stage came from a bundle: keep what it says about its training
         source = ModelBundle.read_description(ae_bundle).get("training", {})
         training["autoencoder"].update({k: v for k, v in source.get("autoencoder", {}).items() if k != "origin"})
-        if source.get("machine"):
-            training["autoencoder"]["machine"] = source["machine"]
+        if source.get("machine"):  # where that bundle was exported, unless it says where its first stage was trained
+            training["autoencoder"].setdefault("machine", source["machine"])
     if ae_run is not None:
         try:
             ae_state = load_checkpoint(resolve_checkpoint(ae_run, checkpoint))
