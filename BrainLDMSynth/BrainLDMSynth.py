@@ -61,6 +61,7 @@ class BrainLDMSynthParameterNode:
     diameter_mm: Annotated[float, WithinRange(5.0, 50.0), Decimals(0), SingleStep(1)] = 20.0
     seed: Annotated[int, WithinRange(0, 1000000)] = 1
     healthy: bool = False
+    mask_guidance: Annotated[float, WithinRange(0.0, 6.0), Decimals(1), SingleStep(0.5)] = 1.0
 
 
 class BrainLDMSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -169,8 +170,9 @@ class BrainLDMSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             finally:
                 dialog.close()
             slicer.util.setSliceViewerLayers(background=nodes.volumes["t2f"], fit=True)
-            self.ui.synthStatusLabel.text = (f"Synthesised {nodes.reference.GetName().rsplit('-', 1)[0]}: four new "
-                                             "sequences and the painted lesion as a segmentation.")
+            self.ui.synthStatusLabel.text = (f"Synthesised {nodes.reference.GetName().rsplit('-', 1)[0]} (lesion "
+                                             f"strength {params.mask_guidance:g}): four new sequences and the "
+                                             "painted lesion as a segmentation.")
 
 
 class BrainLDMSynthLogic(ScriptedLoadableModuleLogic):
@@ -219,7 +221,8 @@ class BrainLDMSynthLogic(ScriptedLoadableModuleLogic):
         return make_phantom_in_scene(params)
 
     def synthesize(self, params, progress=None, cancel=None):
-        """The painted lesion synthesised into the subject (the shipped synthesis model, its settings)."""
+        """The painted lesion synthesised into the subject (the shipped synthesis model, its steps and
+        guidance; the lesion strength ``params.mask_guidance``)."""
         from brainldm.logic.synth import synthesize_in_scene
 
         return synthesize_in_scene(params, progress=progress, cancel=cancel)

@@ -4,6 +4,7 @@ has no --synth-model: the Synthesize panel names the shipped synthesis model (or
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -140,6 +141,9 @@ def test_the_synthesize_panel_shows_the_shipped_synthesis_model_or_says_there_is
         model.wait_for(timeout=30_000)
         assert shipped.name in model.inner_text() and "shipped" in model.inner_text()
         assert page.locator("#synth-model-problem").count() == 0
+        # the lesion strength starts at the model's recommended mask guidance
+        recommended = float(json.loads((shipped / "bundle.json").read_text())["inference"]["mask_guidance"])
+        assert page.locator("#synth-strength").inner_text() == f"Lesion strength: {recommended:g}"
     else:
         warning = page.locator("#synth-model-problem")
         warning.wait_for(timeout=30_000)

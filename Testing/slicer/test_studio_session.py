@@ -237,7 +237,14 @@ def test_synthesis_with_a_synthesis_bundle(headless, tmp_path, home):
         np.testing.assert_allclose(mrml.volume_array(out.nodes.volumes["t2f"]), flair, atol=1e-4)
         assert (out.folder / "synth.json").is_file()
 
-        again = studio.synthesize(seed=3)  # replaces the synthetic subject in the scene, new folder
+        import json
+
+        assert json.loads((out.folder / "synth.json").read_text())["settings"]["mask_guidance"] == model.mask_guidance
+        again = studio.synthesize(seed=3, mask_guidance=2.5)  # replaces the synthetic subject in the scene, new folder
+        assert json.loads((again.folder / "synth.json").read_text())["settings"]["mask_guidance"] == 2.5
+        assert again.summary.endswith("lesion strength 2.5.")
+        stored = mrml.get_parameter_node("BrainLDMSynth", headless.scene)
+        assert float(stored.GetParameter("mask_guidance")) == 2.5  # what the Synth module would show
         assert all(node.GetScene() is None for node in out.nodes.volumes.values())
         assert again.folder != out.folder and out.files
         studio.make_phantom(seed=7)

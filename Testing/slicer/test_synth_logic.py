@@ -84,6 +84,8 @@ def test_the_shipped_synthesis_model_is_available_with_its_recommended_settings(
     settings = model.settings(seed=4)
     assert (settings.steps, settings.guidance, settings.mask_guidance, settings.seed) == (
         int(inference["steps"]), float(inference["guidance"]), float(inference.get("mask_guidance", 0.0)), 4)
+    # the Synth module's "Lesion strength" starts at the shipped model's recommendation
+    assert synth.SynthParameters().mask_guidance == model.mask_guidance
 
 
 def test_synthesis_status_with_a_bundle(tmp_path):
@@ -148,3 +150,33 @@ def test_synthesize_in_scene_with_the_shipped_model_paints_a_lesion_the_flair_ba
     inside = lesion > 0
     print(f"\nFLAIR in the painted lesion: {before[inside].mean():.0f} -> {after[inside].mean():.0f}")
     assert after[inside].mean() > before[inside].mean() * 1.05
+
+
+def test_the_lesion_strength_of_the_parameters_is_the_mask_guidance_used(headless, tmp_path,
+                                                                         no_shipped_synthesis_model):
+    """The Synth module's "Lesion strength" (SynthParameters.mask_guidance) replaces the model's
+    recommended mask guidance; the model's steps and guidance stay; a different strength gives a
+    different synthesis, written to synth.json."""
+    import json
+
+    from brainldm.data.phantom import PhantomSpec, make_phantom
+    from brainldm.train.toy import untrained_synthesis_bundle
+
+    bundle = untrained_synthesis_bundle(tmp_path / "bundle")
+    description = json.loads((bundle / "bundle.json").read_text())
+    description["inference"] = {"steps": 3, "guidance": 0.0, "mask_guidance": 0.0}
+    (bundle / "bundle.json").write_text(json.dumps(description))
+    subject = make_phantom(PhantomSpec(seed=7, subject_id="Ref", n_tumours=0))
+    nodes = mrml.add_subject(subject)
+    lesion = np.zeros(subject.shape, np.uint8)
+    lesion[118:123, 100:105, 70:73] = 1
+    painted = mrml.segmentation_from_labels(lesion, nodes.reference, "lesion")
+    flair = {}
+    for strength in (0.0, 3.0):
+        params = synth.SynthParameters(reference_volume=nodes.volumes["t2f"], lesion_segmentation=painted, seed=3,
+                                       mask_guidance=strength)
+        out = synth.synthesize_in_scene(params, model=bundle, out_dir=tmp_path / f"m{strength:g}")
+        report = json.loads((tmp_path / f"m{strength:g}" / "synth.json").read_text())
+        assert report["settings"]["mask_guidance"] == strength and report["settings"]["steps"] == 3
+        flair[strength] = mrml.volume_array(out.volumes["t2f"])
+    assert not np.array_equal(flair[0.0], flair[3.0])

@@ -31,7 +31,7 @@ pytest.importorskip("slicer", reason="Slicer's MRML core is not installed (pip i
 
 from brainldm.logic import mrml  # noqa: E402
 from brainldm.logic.segment import GUIDANCE_RANGE, MIX_RANGE, STEPS_RANGE, SegmentParameters  # noqa: E402
-from brainldm.logic.synth import DIAMETER_RANGE, SynthParameters  # noqa: E402
+from brainldm.logic.synth import DIAMETER_RANGE, MASK_GUIDANCE_RANGE, SynthParameters  # noqa: E402
 from brainldm.logic.train import TrainParameters  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,6 +185,7 @@ def test_segment_sliders_cover_the_thesis_grid():
     assert tuple(annotation_call(fields["steps"], "WithinRange")) == STEPS_RANGE == (10, 250)
     assert tuple(annotation_call(fields["mix"], "WithinRange")) == MIX_RANGE == (0.90, 0.99)
     assert tuple(annotation_call(wrapper_fields("BrainLDMSynth")["diameter_mm"], "WithinRange")) == DIAMETER_RANGE
+    assert tuple(annotation_call(wrapper_fields("BrainLDMSynth")["mask_guidance"], "WithinRange")) == MASK_GUIDANCE_RANGE
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))

@@ -30,6 +30,11 @@ from brainldm.logic import mrml
 #: Diameters the phantom generator can make (mm, in-plane).
 DIAMETER_RANGE = (5.0, 50.0)
 
+#: Lesion strength (mask guidance M) a user interface offers: 0 = the lesion channel alone; the
+#: shipped model recommends 1; on validation phantoms M = 1-4 made every painted lesion visible and
+#: M = 6 made dark blotches (docs/synthesis.md).
+MASK_GUIDANCE_RANGE = (0.0, 6.0)
+
 
 @dataclass
 class SynthParameters:
@@ -41,6 +46,7 @@ class SynthParameters:
     diameter_mm: float = 20.0
     seed: int = 1
     healthy: bool = False
+    mask_guidance: float = 1.0  # lesion strength M of Synthesize (the shipped synthesis model's recommendation)
 
 
 @dataclass
@@ -70,11 +76,13 @@ class SynthesisModel:
         """What a user interface shows: the model id and where it comes from."""
         return f"{self.model_id} ({'shipped' if self.shipped else self.path})"
 
-    def settings(self, seed: int = 1):
-        """The :class:`~brainldm.synth.generate.SynthSettings` to synthesise with this model."""
+    def settings(self, seed: int = 1, mask_guidance: float | None = None):
+        """The :class:`~brainldm.synth.generate.SynthSettings` to synthesise with this model (its
+        recommended mask guidance unless ``mask_guidance``, the lesion strength, is given)."""
         from brainldm.synth.generate import SynthSettings
 
-        return SynthSettings(steps=self.steps, guidance=self.guidance, mask_guidance=self.mask_guidance,
+        strength = self.mask_guidance if mask_guidance is None else float(mask_guidance)
+        return SynthSettings(steps=self.steps, guidance=self.guidance, mask_guidance=strength,
                              seed=int(seed)).validate()
 
 
@@ -166,7 +174,8 @@ def synthesize_in_scene(params: SynthParameters, scene=None, model: str | Path |
     lesion = mrml.from_source_grid(labels, subject)
     if not (lesion > 0).any():
         raise InputDataError("The lesion segmentation is empty: paint the lesion first.")
-    settings = settings or SynthSettings.from_inference(bundle.inference, seed=params.seed)
+    settings = settings or SynthSettings.from_inference(bundle.inference, seed=params.seed,
+                                                        mask_guidance=float(params.mask_guidance))
     result = synthesise_subject(subject, lesion, bundle, settings, subject_id=f"{prefix}-synth", progress=progress,
                                 cancel=cancel)
     if out_dir is not None:

@@ -134,6 +134,7 @@ class StudioApp(TrameApp):
         s.synth_folder = ""
         synthesis = self.session.synthesis_model()
         s.synth_model = synthesis.label if synthesis is not None else ""
+        s.synth_strength = synthesis.mask_guidance if synthesis is not None else synth_logic.SynthParameters.mask_guidance
         s.synth_problem = self.session.synthesis_problem()
         # train
         s.train_presets = train_logic.available_presets()
@@ -411,7 +412,8 @@ class StudioApp(TrameApp):
         with self.state:
             self.state.synth_message = ""
         result = await self._blocking("Synthesising the painted lesion...", lambda: self.session.synthesize(
-            float(self.state.phantom_diameter), int(self.state.phantom_seed)), target="synth_error")
+            float(self.state.phantom_diameter), int(self.state.phantom_seed), float(self.state.synth_strength)),
+            target="synth_error")
         if result is not None:
             with self.state:
                 self.state.synth_message = result.summary
@@ -609,6 +611,13 @@ class StudioApp(TrameApp):
             html.Div("Brush diameter: {{ brush_mm }} mm", classes="text-caption")
             v3.VSlider(v_model_number=("brush_mm",), min=2, max=40, step=1, hide_details=True, density="compact")
         html.Div("Painted lesion: {{ lesion_voxels }} voxels", classes="text-caption", id="lesion-voxels")
+        with html.Div(id="strength-box", classes="mt-2",
+                      title="Mask guidance M: how strongly each denoising step is pushed towards the painted lesion "
+                            "(0 = the lesion channel alone; 6 makes dark blotches)"):
+            html.Div("Lesion strength: {{ synth_strength }}", classes="text-caption", id="synth-strength")
+            v3.VSlider(v_model_number=("synth_strength",), min=synth_logic.MASK_GUIDANCE_RANGE[0],
+                       max=synth_logic.MASK_GUIDANCE_RANGE[1], step=0.5, hide_details=True, density="compact",
+                       disabled=("busy || !!synth_problem",))
         v3.VBtn("Synthesize", click=self.synthesize, block=True, classes="mt-3", color="primary",
                 id="synthesize-button", disabled=("busy || !!synth_problem",), prepend_icon="mdi-creation",
                 title=("synth_problem || 'Synthesise the painted lesion into the subject'",))

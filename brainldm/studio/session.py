@@ -85,6 +85,7 @@ class SynthesisOutputs:
     folder: Path
     model: synth_logic.SynthesisModel
     lesion_voxels: int
+    mask_guidance: float = 0.0  # the lesion strength it was synthesised with
 
     @property
     def files(self) -> list[Path]:
@@ -94,7 +95,7 @@ class SynthesisOutputs:
     def summary(self) -> str:
         name = self.nodes.reference.GetName().rsplit("-", 1)[0]
         return (f"Synthesised {name}: the painted lesion ({self.lesion_voxels} voxels) with "
-                f"{self.model.model_id}, {self.model.steps} steps.")
+                f"{self.model.model_id}, {self.model.steps} steps, lesion strength {self.mask_guidance:g}.")
 
 
 @dataclass
@@ -336,10 +337,15 @@ class StudioSession:
         """Why lesion synthesis cannot run ("" when a synthesis model is there)."""
         return "" if self.synthesis_model() is not None else str(self._synth_problem)
 
-    def synthesis_parameters(self, diameter_mm: float = 20.0, seed: int = 1) -> synth_logic.SynthParameters:
+    def synthesis_parameters(self, diameter_mm: float = 20.0, seed: int = 1,
+                             mask_guidance: float | None = None) -> synth_logic.SynthParameters:
+        model = self.synthesis_model()
+        if mask_guidance is None:
+            mask_guidance = model.mask_guidance if model is not None else synth_logic.SynthParameters.mask_guidance
         params = synth_logic.SynthParameters(
             reference_volume=self.subject.volumes["t2f"] if self.subject else None,
-            lesion_segmentation=self.lesion, diameter_mm=float(diameter_mm), seed=int(seed))
+            lesion_segmentation=self.lesion, diameter_mm=float(diameter_mm), seed=int(seed),
+            mask_guidance=float(mask_guidance))
         mrml.write_parameters(mrml.get_parameter_node("BrainLDMSynth", self.scene), params)
         return params
 
@@ -348,12 +354,13 @@ class StudioSession:
         self._syntheses += 1
         return self.workspace() / "synthesis" / f"{self._syntheses:03d}"
 
-    def synthesize(self, diameter_mm: float = 20.0, seed: int = 1) -> SynthesisOutputs:
+    def synthesize(self, diameter_mm: float = 20.0, seed: int = 1, mask_guidance: float | None = None) -> SynthesisOutputs:
         """Synthesise the painted lesion into the subject (thesis §4.3) with the synthesis model, through
         the Synth logic (:func:`brainldm.logic.synth.synthesize_in_scene`, as the BrainLDMSynth module).
 
         The synthetic subject replaces the previous one in the scene; its files are written to
-        :meth:`synthesis_folder`. Raises :class:`BrainLDMError` saying why while no synthesis model exists.
+        :meth:`synthesis_folder`. ``mask_guidance`` is the lesion strength (default: the model's
+        recommendation). Raises :class:`BrainLDMError` saying why while no synthesis model exists.
         """
         model = self.synthesis_model()
         if model is None:
@@ -364,16 +371,17 @@ class StudioSession:
         voxels = self.lesion_voxels()
         if voxels == 0:
             raise InputDataError("Paint the lesion first (Paint lesion, then drag in the main view).")
-        params = self.synthesis_parameters(diameter_mm, seed)
+        params = self.synthesis_parameters(diameter_mm, seed, mask_guidance)
         folder = self.synthesis_folder()
         try:
             nodes = synth_logic.synthesize_in_scene(params, scene=self.scene, model=model.path,
-                                                    settings=model.settings(seed), out_dir=folder)
+                                                    settings=model.settings(seed, params.mask_guidance), out_dir=folder)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         self.clear_synthetic()
-        self.synthetic = SynthesisOutputs(nodes=nodes, folder=folder, model=model, lesion_voxels=voxels)
+        self.synthetic = SynthesisOutputs(nodes=nodes, folder=folder, model=model, lesion_voxels=voxels,
+                                          mask_guidance=params.mask_guidance)
         return self.synthetic
 
     def clear_synthetic(self) -> None:
