@@ -134,7 +134,7 @@ class StudioApp(TrameApp):
         s.synth_folder = ""
         synthesis = self.session.synthesis_model()
         s.synth_model = synthesis.label if synthesis is not None else ""
-        s.synth_strength = synthesis.mask_guidance if synthesis is not None else synth_logic.SynthParameters.mask_guidance
+        s.synth_strength = self.session.recommended_lesion_strength()
         s.synth_problem = self.session.synthesis_problem()
         # train
         s.train_presets = train_logic.available_presets()

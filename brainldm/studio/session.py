@@ -337,11 +337,15 @@ class StudioSession:
         """Why lesion synthesis cannot run ("" when a synthesis model is there)."""
         return "" if self.synthesis_model() is not None else str(self._synth_problem)
 
+    def recommended_lesion_strength(self) -> float:
+        """The synthesis model's recommended mask guidance (the Synth module's default without a model)."""
+        model = self.synthesis_model()
+        return model.mask_guidance if model is not None else synth_logic.SynthParameters.mask_guidance
+
     def synthesis_parameters(self, diameter_mm: float = 20.0, seed: int = 1,
                              mask_guidance: float | None = None) -> synth_logic.SynthParameters:
-        model = self.synthesis_model()
         if mask_guidance is None:
-            mask_guidance = model.mask_guidance if model is not None else synth_logic.SynthParameters.mask_guidance
+            mask_guidance = self.recommended_lesion_strength()
         params = synth_logic.SynthParameters(
             reference_volume=self.subject.volumes["t2f"] if self.subject else None,
             lesion_segmentation=self.lesion, diameter_mm=float(diameter_mm), seed=int(seed),
