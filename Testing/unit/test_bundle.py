@@ -132,3 +132,44 @@ def test_save_refuses_to_overwrite(saved):
         make_bundle().save(saved)
     make_bundle().save(saved, overwrite=True)
     assert ModelBundle.load(saved).model_id == "test-model"
+
+
+def test_every_bundle_kind_shares_the_common_entries_and_is_told_apart(tmp_path):
+    """Detection, synthesis and SR bundles write the same shared bundle.json entries (BundleCommon),
+    their own entries besides, read back to the same description, and ``bundle_format`` names each."""
+    from brainldm.nets.bundle import BUNDLE_FORMAT, bundle_format
+    from brainldm.nets.synthesis_bundle import SYNTHESIS_BUNDLE_FORMAT, SynthesisBundle, is_synthesis_bundle
+    from brainldm.sr.bundle import SR_BUNDLE_FORMAT, SRBundle, is_sr_bundle
+    from brainldm.train.toy import untrained_synthesis_bundle
+    from test_sr import tiny_sr_bundle
+
+    folders = {
+        BUNDLE_FORMAT: (ModelBundle, make_bundle().save(tmp_path / "detect"), ()),
+        SYNTHESIS_BUNDLE_FORMAT: (SynthesisBundle, untrained_synthesis_bundle(tmp_path / "synth"),
+                                  ("kind", "mask_autoencoder", "conditioning", "mask_latent_scale")),
+        SR_BUNDLE_FORMAT: (SRBundle, tiny_sr_bundle().save(tmp_path / "sr"), ("kind", "conditioning", "scale", "pipelines")),
+    }
+    common = {"format", "format_version", "model_id", "created", "autoencoder", "denoiser", "preprocess",
+              "latent_scale", "schedule", "patch_size", "inference", "training"}
+    for fmt, (cls, folder, own) in folders.items():
+        stored = json.loads((folder / "bundle.json").read_text())
+        assert stored["format"] == fmt and bundle_format(folder) == fmt
+        assert common | set(own) <= set(stored), fmt
+        loaded = cls.load(folder)
+        described = json.loads(json.dumps(loaded.describe()))
+        for entry in ("files", "created"):  # checksums are added on saving; "created" is the time of describing
+            stored.pop(entry, None), described.pop(entry, None)
+        assert described == stored, fmt
+        assert loaded.schedule.num_train_timesteps == stored["schedule"]["num_train_timesteps"]
+        assert not any(p.requires_grad for p in loaded.autoencoder.parameters())
+        assert is_synthesis_bundle(folder) == (fmt == SYNTHESIS_BUNDLE_FORMAT)
+        assert is_sr_bundle(folder) == (fmt == SR_BUNDLE_FORMAT)
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"format": 3}'])
+def test_bundle_format_of_unreadable_or_odd_json_is_none(tmp_path, text):
+    from brainldm.nets.bundle import bundle_format
+
+    (tmp_path / "bundle.json").write_text(text)
+    assert bundle_format(tmp_path) is None
+    assert bundle_format(tmp_path / "missing") is None

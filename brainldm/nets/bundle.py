@@ -196,8 +196,91 @@ def check_weight_files(folder: Path, names, recorded: dict[str, Any], what: str 
                                    "Download or export the bundle again.")
 
 
+class BundleCommon:
+    """What every bundle kind (detection, synthesis, SR) has in common: its noise schedule, its
+    first stage's compression, the shared bundle.json entries and the shared parts of loading.
+
+    Subclasses are dataclasses with the fields ``autoencoder``, ``autoencoder_config``,
+    ``denoiser_config``, ``preprocess_config``, ``latent_scale``, ``schedule_config``,
+    ``model_id``, ``patch_size``, ``inference``, ``training``, ``format_version`` and ``extra``.
+    """
+
+    @property
+    def schedule(self):
+        """The :class:`~brainldm.diffusion.schedule.NoiseSchedule` the denoiser was trained with."""
+        # Imported here: the schedule is maths on top of the networks (diffusion layer).
+        from brainldm.diffusion.schedule import NoiseSchedule
+
+        return NoiseSchedule.from_config(dict(self.schedule_config))
+
+    @property
+    def compression(self) -> int:
+        return int(getattr(self.autoencoder, "compression", 1))
+
+    def common_description(self, fmt: str, **entries: Any) -> dict[str, Any]:
+        """bundle.json's entries shared by every kind, with ``entries`` (the kind's own, config
+        dataclasses already as dicts) placed after ``denoiser``; ``extra`` entries come last and
+        cannot replace any of these."""
+        described = {
+            "format": fmt,
+            "format_version": self.format_version,
+            "model_id": self.model_id,
+            "created": self.training.get("exported", time.strftime("%Y-%m-%dT%H:%M:%S")),
+            "autoencoder": {"config": config_to_dict(self.autoencoder_config)},
+            "denoiser": {"config": config_to_dict(self.denoiser_config)},
+            **entries,
+            "preprocess": config_to_dict(self.preprocess_config),
+            "latent_scale": float(self.latent_scale),
+            "schedule": config_to_dict(self.schedule_config),
+            "patch_size": [int(s) for s in self.patch_size],
+            "inference": _jsonable(self.inference),
+            "training": _jsonable(self.training),
+        }
+        for key, value in self.extra.items():
+            described.setdefault(str(key), _jsonable(value))
+        return described
+
+    @staticmethod
+    def common_fields(description: dict[str, Any], folder: Path, described_keys: tuple[str, ...]) -> dict[str, Any]:
+        """The dataclass fields every kind reads the same way from ``bundle.json`` in ``folder``:
+        schedule, model id, patch size, inference, training, model card, format version, path,
+        and the entries outside ``described_keys`` as ``extra``."""
+        card_path = folder / MODEL_CARD_FILE
+        return {
+            "schedule_config": dict(description["schedule"]),
+            "model_id": str(description["model_id"]),
+            "patch_size": tuple(int(s) for s in description.get("patch_size", ())),
+            "inference": dict(description.get("inference", {})),
+            "training": dict(description.get("training", {})),
+            "model_card": card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else "",
+            "format_version": int(description["format_version"]),
+            "path": folder,
+            "extra": {k: v for k, v in description.items() if k not in described_keys},
+        }
+
+
+def freeze_for_inference(modules, device: str | torch.device) -> None:
+    """Eval mode, no gradients, on ``device``: how a loaded bundle's networks are used."""
+    for module in modules:
+        module.eval()
+        module.requires_grad_(False)
+        module.to(device)
+
+
+def bundle_format(folder: str | os.PathLike[str]) -> str | None:
+    """The ``format`` declared by ``folder``/bundle.json, or None when there is no readable one."""
+    path = Path(folder).expanduser() / BUNDLE_FILE
+    if not path.is_file():
+        return None
+    try:
+        fmt = json.loads(path.read_text(encoding="utf-8")).get("format")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return fmt if isinstance(fmt, str) else None
+
+
 @dataclass
-class ModelBundle:
+class ModelBundle(BundleCommon):
     """Both trained networks plus everything needed to use them.
 
     Attributes
@@ -241,18 +324,6 @@ class ModelBundle:
 
     # ------------------------------------------------------------------ properties
     @property
-    def schedule(self):
-        """The :class:`~brainldm.diffusion.schedule.NoiseSchedule` the denoiser was trained with."""
-        # Imported here: the schedule is maths on top of the networks (diffusion layer).
-        from brainldm.diffusion.schedule import NoiseSchedule
-
-        return NoiseSchedule.from_config(dict(self.schedule_config))
-
-    @property
-    def compression(self) -> int:
-        return int(getattr(self.autoencoder, "compression", 1))
-
-    @property
     def spatial_dims(self) -> int:
         return int(getattr(self.autoencoder_config, "spatial_dims", 3))
 
@@ -267,23 +338,7 @@ class ModelBundle:
 
     def describe(self) -> dict[str, Any]:
         """The bundle.json contents (without checksums)."""
-        described = {
-            "format": BUNDLE_FORMAT,
-            "format_version": self.format_version,
-            "model_id": self.model_id,
-            "created": self.training.get("exported", time.strftime("%Y-%m-%dT%H:%M:%S")),
-            "autoencoder": {"config": config_to_dict(self.autoencoder_config)},
-            "denoiser": {"config": config_to_dict(self.denoiser_config)},
-            "preprocess": config_to_dict(self.preprocess_config),
-            "latent_scale": float(self.latent_scale),
-            "schedule": config_to_dict(self.schedule_config),
-            "patch_size": [int(s) for s in self.patch_size],
-            "inference": _jsonable(self.inference),
-            "training": _jsonable(self.training),
-        }
-        for key, value in self.extra.items():
-            described.setdefault(str(key), _jsonable(value))
-        return described
+        return self.common_description(BUNDLE_FORMAT)
 
     # ------------------------------------------------------------------ save
     def save(self, folder: str | os.PathLike[str], overwrite: bool = False) -> Path:
@@ -360,12 +415,7 @@ class ModelBundle:
                                    f"BrainLDM version: {error}") from error
         _load_weights(autoencoder, folder / AUTOENCODER_FILE, "autoencoder")
         _load_weights(denoiser, folder / DENOISER_FILE, "denoiser")
-        for module in (autoencoder, denoiser):
-            module.eval()
-            module.requires_grad_(False)
-            module.to(device)
-        card_path = folder / MODEL_CARD_FILE
-        card = card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else ""
+        freeze_for_inference((autoencoder, denoiser), device)
         return cls(
             autoencoder=autoencoder,
             denoiser=denoiser,
@@ -373,15 +423,7 @@ class ModelBundle:
             denoiser_config=dn_config,
             preprocess_config=pre_config,
             latent_scale=latent_scale,
-            schedule_config=dict(description["schedule"]),
-            model_id=str(description["model_id"]),
-            patch_size=tuple(int(s) for s in description.get("patch_size", ())),
-            inference=dict(description.get("inference", {})),
-            training=dict(description.get("training", {})),
-            model_card=card,
-            format_version=int(description["format_version"]),
-            path=folder,
-            extra={k: v for k, v in description.items() if k not in _DESCRIBED_KEYS},
+            **cls.common_fields(description, folder, _DESCRIBED_KEYS),
         )
 
 

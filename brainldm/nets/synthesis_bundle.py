@@ -23,9 +23,7 @@ such. Bundles are written by :func:`brainldm.train.synthesis.export_synthesis_bu
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,12 +34,13 @@ from brainldm.errors import ModelBundleError
 from brainldm.nets.bundle import (
     BUNDLE_FILE,
     BUNDLE_FORMAT,
-    MODEL_CARD_FILE,
-    _jsonable,
+    BundleCommon,
     _load_weights,
+    bundle_format,
     check_weight_files,
     config_from_dict,
     config_to_dict,
+    freeze_for_inference,
     read_bundle_json,
     write_bundle_folder,
 )
@@ -72,7 +71,7 @@ def weight_files(conditioning: dict[str, Any] | Any) -> tuple[str, ...]:
 
 
 @dataclass
-class SynthesisBundle:
+class SynthesisBundle(BundleCommon):
     """The synthesis networks plus everything needed to use them.
 
     ``model`` is a :class:`~brainldm.nets.conditioning.ConditionedDenoiser` (``model.denoiser``,
@@ -102,16 +101,6 @@ class SynthesisBundle:
 
     # ------------------------------------------------------------------ properties
     @property
-    def schedule(self):
-        from brainldm.diffusion.schedule import NoiseSchedule
-
-        return NoiseSchedule.from_config(dict(self.schedule_config))
-
-    @property
-    def compression(self) -> int:
-        return int(getattr(self.autoencoder, "compression", 1))
-
-    @property
     def spatial_dims(self) -> int:
         return int(getattr(self.autoencoder_config, "spatial_dims", 2))
 
@@ -125,27 +114,13 @@ class SynthesisBundle:
         return self
 
     def describe(self) -> dict[str, Any]:
-        described = {
-            "format": SYNTHESIS_BUNDLE_FORMAT,
-            "format_version": self.format_version,
-            "kind": "synthesis",
-            "model_id": self.model_id,
-            "created": self.training.get("exported", time.strftime("%Y-%m-%dT%H:%M:%S")),
-            "autoencoder": {"config": config_to_dict(self.autoencoder_config)},
-            "mask_autoencoder": {"config": config_to_dict(self.mask_autoencoder_config)},
-            "denoiser": {"config": config_to_dict(self.denoiser_config)},
-            "conditioning": config_to_dict(self.conditioning_config),
-            "preprocess": config_to_dict(self.preprocess_config),
-            "latent_scale": float(self.latent_scale),
-            "mask_latent_scale": float(self.mask_latent_scale),
-            "schedule": config_to_dict(self.schedule_config),
-            "patch_size": [int(s) for s in self.patch_size],
-            "inference": _jsonable(self.inference),
-            "training": _jsonable(self.training),
-        }
-        for key, value in self.extra.items():
-            described.setdefault(str(key), _jsonable(value))
-        return described
+        """The bundle.json contents (without checksums)."""
+        return self.common_description(
+            SYNTHESIS_BUNDLE_FORMAT, kind="synthesis",
+            mask_autoencoder={"config": config_to_dict(self.mask_autoencoder_config)},
+            conditioning=config_to_dict(self.conditioning_config),
+            mask_latent_scale=float(self.mask_latent_scale),
+        )
 
     # ------------------------------------------------------------------ save
     def save(self, folder: str | os.PathLike[str], overwrite: bool = False) -> Path:
@@ -212,12 +187,7 @@ class SynthesisBundle:
         _load_weights(model.denoiser, folder / DENOISER_FILE, "denoiser")
         if model.encoder is not None:
             _load_weights(model.encoder, folder / ENCODER_FILE, "structural encoder")
-        for module in (autoencoder, mask_autoencoder, model):
-            module.eval()
-            module.requires_grad_(False)
-            module.to(device)
-        card_path = folder / MODEL_CARD_FILE
-        card = card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else ""
+        freeze_for_inference((autoencoder, mask_autoencoder, model), device)
         return cls(
             autoencoder=autoencoder,
             mask_autoencoder=mask_autoencoder,
@@ -229,27 +199,13 @@ class SynthesisBundle:
             preprocess_config=pre_config,
             latent_scale=latent_scale,
             mask_latent_scale=mask_latent_scale,
-            schedule_config=dict(description["schedule"]),
-            model_id=str(description["model_id"]),
-            patch_size=tuple(int(s) for s in description.get("patch_size", ())),
-            inference=dict(description.get("inference", {})),
-            training=dict(description.get("training", {})),
-            model_card=card,
-            format_version=int(description["format_version"]),
-            path=folder,
-            extra={k: v for k, v in description.items() if k not in _DESCRIBED_KEYS},
+            **cls.common_fields(description, folder, _DESCRIBED_KEYS),
         )
 
 
 def is_synthesis_bundle(folder: str | os.PathLike[str]) -> bool:
     """True when ``folder`` holds a bundle.json of the synthesis format (nothing else is checked)."""
-    path = Path(folder).expanduser() / BUNDLE_FILE
-    if not path.is_file():
-        return False
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("format") == SYNTHESIS_BUNDLE_FORMAT
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        return False
+    return bundle_format(folder) == SYNTHESIS_BUNDLE_FORMAT
 
 
 __all__ = [

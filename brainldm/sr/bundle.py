@@ -22,9 +22,7 @@ are written by :func:`brainldm.train.sr.export_sr_bundle`.
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,12 +33,13 @@ from brainldm.errors import ModelBundleError
 from brainldm.nets.bundle import (
     BUNDLE_FILE,
     BUNDLE_FORMAT,
-    MODEL_CARD_FILE,
-    _jsonable,
+    BundleCommon,
     _load_weights,
+    bundle_format,
     check_weight_files,
     config_from_dict,
     config_to_dict,
+    freeze_for_inference,
     read_bundle_json,
     write_bundle_folder,
 )
@@ -65,7 +64,7 @@ HOW_TO_TRAIN = ("train one with 'brainldm train sr --config cpu-sr --data SUBJEC
 
 
 @dataclass
-class SRBundle:
+class SRBundle(BundleCommon):
     """The SR networks plus everything needed to use them.
 
     ``model`` is an :class:`~brainldm.sr.model.SRModel`; ``latent_scale`` multiplies latents
@@ -93,16 +92,6 @@ class SRBundle:
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ properties
-    @property
-    def schedule(self):
-        from brainldm.diffusion.schedule import NoiseSchedule
-
-        return NoiseSchedule.from_config(dict(self.schedule_config))
-
-    @property
-    def compression(self) -> int:
-        return int(getattr(self.autoencoder, "compression", 1))
-
     @property
     def channels(self) -> int:
         return int(self.autoencoder_config.in_channels)
@@ -133,27 +122,13 @@ class SRBundle:
         return self
 
     def describe(self) -> dict[str, Any]:
-        described = {
-            "format": SR_BUNDLE_FORMAT,
-            "format_version": self.format_version,
-            "kind": "super-resolution",
-            "model_id": self.model_id,
-            "created": self.training.get("exported", time.strftime("%Y-%m-%dT%H:%M:%S")),
-            "autoencoder": {"config": config_to_dict(self.autoencoder_config)},
-            "denoiser": {"config": config_to_dict(self.denoiser_config)},
-            "conditioning": config_to_dict(self.conditioning_config),
-            "preprocess": config_to_dict(self.preprocess_config),
-            "latent_scale": float(self.latent_scale),
-            "schedule": config_to_dict(self.schedule_config),
-            "scale": float(self.scale),
-            "patch_size": [int(s) for s in self.patch_size],
-            "pipelines": list(self.pipelines),
-            "inference": _jsonable(self.inference),
-            "training": _jsonable(self.training),
-        }
-        for key, value in self.extra.items():
-            described.setdefault(str(key), _jsonable(value))
-        return described
+        """The bundle.json contents (without checksums)."""
+        return self.common_description(
+            SR_BUNDLE_FORMAT, kind="super-resolution",
+            conditioning=config_to_dict(self.conditioning_config),
+            scale=float(self.scale),
+            pipelines=list(self.pipelines),
+        )
 
     # ------------------------------------------------------------------ save
     def save(self, folder: str | os.PathLike[str], overwrite: bool = False) -> Path:
@@ -214,12 +189,7 @@ class SRBundle:
         _load_weights(autoencoder, folder / AUTOENCODER_FILE, "autoencoder")
         _load_weights(model.denoiser, folder / DENOISER_FILE, "denoiser")
         _load_weights(model.encoder, folder / ENCODER_FILE, "structural encoder")
-        for module in (autoencoder, model):
-            module.eval()
-            module.requires_grad_(False)
-            module.to(device)
-        card_path = folder / MODEL_CARD_FILE
-        card = card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else ""
+        freeze_for_inference((autoencoder, model), device)
         return cls(
             autoencoder=autoencoder,
             model=model,
@@ -228,29 +198,15 @@ class SRBundle:
             conditioning_config=conditioning,
             preprocess_config=pre_config,
             latent_scale=latent_scale,
-            schedule_config=dict(description["schedule"]),
-            model_id=str(description["model_id"]),
             scale=scale,
-            patch_size=tuple(int(s) for s in description.get("patch_size", ())),
             pipelines=tuple(str(p) for p in description.get("pipelines", ())),
-            inference=dict(description.get("inference", {})),
-            training=dict(description.get("training", {})),
-            model_card=card,
-            format_version=int(description["format_version"]),
-            path=folder,
-            extra={k: v for k, v in description.items() if k not in _DESCRIBED_KEYS},
+            **cls.common_fields(description, folder, _DESCRIBED_KEYS),
         )
 
 
 def is_sr_bundle(folder: str | os.PathLike[str]) -> bool:
     """True when ``folder`` holds a bundle.json of the SR format (nothing else is checked)."""
-    path = Path(folder).expanduser() / BUNDLE_FILE
-    if not path.is_file():
-        return False
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("format") == SR_BUNDLE_FORMAT
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        return False
+    return bundle_format(folder) == SR_BUNDLE_FORMAT
 
 
 __all__ = ["HOW_TO_TRAIN", "SR_BUNDLE_FORMAT", "SR_BUNDLE_FORMAT_VERSION", "SRBundle", "is_sr_bundle"]
