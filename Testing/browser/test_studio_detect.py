@@ -16,7 +16,6 @@ from studio_browser import (
     looks_the_same,
     mean_difference,
     picture_stats,
-    settled_view,
     slider_to,
     start_studio,
     view_pixels,
@@ -95,11 +94,13 @@ def test_phantom_detect_shows_segmentation_and_overlay(page, screenshots):
     # overlay opacity and choice change the picture: full opacity vs no overlay
     slider_to(page, "opacity-box", "End")
     wait_for_text(page, "#opacity-box", lambda text: "1.00" in text, timeout=10)
-    opaque = settled_view(page, MAIN)
+    # Each picture is a settled view that is none of the pictures before it: under load the stream can
+    # show the previous state for seconds, and a stale frame taken as "opaque" or "plain" made the
+    # GradDiff comparison below fail on a fresh 2-core machine.
+    opaque = wait_for_settled_view(page, MAIN, lambda p: not looks_the_same(p, after),
+                                   what=f"the overlay at full opacity (at 0.5: {picture_stats(after)})")
     page.locator("#overlay-toggle button", has_text="None").click()
-    # A settled view that is not the opaque picture: a mean difference alone can come from a lower-quality
-    # render of the same opaque picture, whose settled successor then stood in for "plain" (seen on 2 cores)
-    plain = wait_for_settled_view(page, MAIN, lambda p: not looks_the_same(p, opaque),
+    plain = wait_for_settled_view(page, MAIN, lambda p: not looks_the_same(p, opaque) and not looks_the_same(p, after),
                                   what=f"the picture without the overlay (opaque: {picture_stats(opaque)})")
     # The overlay really went: the picture changed. (Not "less colour": an untrained model's
     # anomaly map at full opacity can cover the segmentation's saturated red with dark, barely
