@@ -158,7 +158,8 @@ def test_every_bundle_kind_shares_the_common_entries_and_is_told_apart(tmp_path)
         loaded = cls.load(folder)
         described = json.loads(json.dumps(loaded.describe()))
         for entry in ("files", "created"):  # checksums are added on saving; "created" is the time of describing
-            stored.pop(entry, None), described.pop(entry, None)
+            stored.pop(entry, None)
+            described.pop(entry, None)
         assert described == stored, fmt
         assert loaded.schedule.num_train_timesteps == stored["schedule"]["num_train_timesteps"]
         assert not any(p.requires_grad for p in loaded.autoencoder.parameters())
