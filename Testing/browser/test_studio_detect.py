@@ -14,13 +14,12 @@ from studio_browser import (
     colour_fraction,
     keep_picture,
     looks_the_same,
-    mean_difference,
     picture_stats,
     slider_to,
     start_studio,
     view_pixels,
-    wait_for_text,
     wait_for_settled_view,
+    wait_for_text,
     wait_for_view,
 )
 
@@ -82,10 +81,12 @@ def test_phantom_detect_shows_segmentation_and_overlay(page, screenshots):
     assert "Dice" in page.inner_text("#detect-results")
     assert "DETECT" == page.inner_text("#detect-button").strip().upper()
 
-    # the segmentation and the anomaly map appear over the FLAIR, in colour
-    after = wait_for_view(page, MAIN, lambda p: colour_fraction(p) > 0.02, what="coloured overlay")
+    # the segmentation and the anomaly map appear over the FLAIR, in colour (a settled view once the
+    # counterfactuals show: the views are refreshed together, and the first coloured frame may be an
+    # intermediate one)
     for tag in COUNTERFACTUALS:
         wait_for_view(page, tag, shows_brain, what="a counterfactual")
+    after = wait_for_settled_view(page, MAIN, lambda p: colour_fraction(p) > 0.02, what="coloured overlay")
     shot = screenshots / "03-detected.png"
     page.screenshot(path=str(shot))
     keep_picture(screenshots, shot, "studio-detect.png")
@@ -94,18 +95,18 @@ def test_phantom_detect_shows_segmentation_and_overlay(page, screenshots):
     # overlay opacity and choice change the picture: full opacity vs no overlay
     slider_to(page, "opacity-box", "End")
     wait_for_text(page, "#opacity-box", lambda text: "1.00" in text, timeout=10)
-    # Each picture is a settled view that is none of the pictures before it: under load the stream can
-    # show the previous state for seconds, and a stale frame taken as "opaque" or "plain" made the
-    # GradDiff comparison below fail on a fresh 2-core machine.
+    # Each picture is a settled view unlike the pictures before it (looks_the_same allows for the
+    # stream's JPEG qualities): under load the stream can show the previous state, or a lower-quality
+    # frame of it, for seconds, and a stale frame taken as "opaque" or "plain" made the GradDiff
+    # comparison below fail (a fresh 2-core machine, then CI on one core).
     opaque = wait_for_settled_view(page, MAIN, lambda p: not looks_the_same(p, after),
                                    what=f"the overlay at full opacity (at 0.5: {picture_stats(after)})")
     page.locator("#overlay-toggle button", has_text="None").click()
+    # The overlay really goes: the picture changes. (Not "less colour": an untrained model's anomaly
+    # map at full opacity can cover the segmentation's saturated red with dark, barely saturated
+    # colours of its colour map, so the colour share may even fall with the overlay on.)
     plain = wait_for_settled_view(page, MAIN, lambda p: not looks_the_same(p, opaque) and not looks_the_same(p, after),
                                   what=f"the picture without the overlay (opaque: {picture_stats(opaque)})")
-    # The overlay really went: the picture changed. (Not "less colour": an untrained model's
-    # anomaly map at full opacity can cover the segmentation's saturated red with dark, barely
-    # saturated colours of its colour map, so the colour share may even fall with the overlay on.)
-    assert mean_difference(plain, opaque) > 2
     # An untrained model's GradDiff map is zero everywhere (zero-initialised output layer): zero is
     # transparent, so the GradDiff overlay leaves the FLAIR as it is.
     graddiff = page.locator("#overlay-toggle button", has_text="GradDiff")
@@ -115,7 +116,7 @@ def test_phantom_detect_shows_segmentation_and_overlay(page, screenshots):
     wait_for_settled_view(page, MAIN, lambda p: looks_the_same(p, plain),
                           what=f"the FLAIR under a zero GradDiff map (without overlay: {picture_stats(plain)})")
     page.locator("#overlay-toggle button", has_text="Anomaly").click()
-    wait_for_view(page, MAIN, lambda p: mean_difference(p, plain) > 2, what="the anomaly overlay again")
+    wait_for_view(page, MAIN, lambda p: not looks_the_same(p, plain), what="the anomaly overlay again")
     slider_to(page, "opacity-box", "Home")
     wait_for_text(page, "#opacity-box", lambda text: "0.00" in text, timeout=10)
     wait_for_settled_view(page, MAIN, lambda p: looks_the_same(p, plain),

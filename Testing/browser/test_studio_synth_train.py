@@ -7,8 +7,8 @@ training run. This module's server starts with --synth-model and without --model
 from __future__ import annotations
 
 import json
-import warnings
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
