@@ -374,3 +374,30 @@ def test_train_sr_runs_both_stages_resumes_and_exports_a_bundle(toy_data, tmp_pa
     assert bundle.training["sr"]["step"] == 3 and bundle.patch_size == (32, 32)
     lr = _normalised_slices(1, shape=(16, 16))
     assert super_resolve_slices(lr, bundle).shape == (1, 4, 32, 32)
+
+
+def test_train_sr_fine_tunes_an_sr_bundle_and_rejects_what_is_not_a_bundle(toy_data, tmp_path):
+    """--init with an SR bundle: its first stage is used as it is (written to <run>/first_stage, no
+    autoencoder trained) and its SR networks are the start; --init with anything else stops before
+    the run folder is made."""
+    from brainldm.train.sr import train_sr
+
+    run = tmp_path / "run"
+    assert main(["train", "sr", "--config", "tiny-sr", "--data", str(toy_data), "--out", str(run),
+                 "--set", "autoencoder.max_steps=1", "--set", "sr.denoiser.max_steps=1"]) == 0
+    tuned = train_sr("tiny-sr", toy_data, tmp_path / "tuned", init=run / "bundle", show_progress=False,
+                     overrides=["sr.denoiser.max_steps=1", "sr.denoiser.lr=1e-12"])
+    assert tuned.state == "finished" and tuned.bundle is not None
+    assert (tmp_path / "tuned" / "first_stage" / "autoencoder.pt").is_file()
+    assert not (tmp_path / "tuned" / "autoencoder").exists()
+    before, after = SRBundle.load(run / "bundle"), SRBundle.load(tuned.bundle)
+    for name, weights in before.autoencoder.state_dict().items():
+        assert torch.equal(weights, after.autoencoder.state_dict()[name]), name
+    # one step at lr 1e-12: the fine-tuned SR networks are still the bundle's own (they were the start)
+    for name, weights in before.model.state_dict().items():
+        assert torch.allclose(weights, after.model.state_dict()[name], atol=1e-8), name
+    assert after.training["autoencoder"]["origin"].startswith("bundle ")
+
+    with pytest.raises(Exception, match="is not a model bundle"):
+        train_sr("tiny-sr", toy_data, tmp_path / "wrong", init=run / "sr", show_progress=False)
+    assert not (tmp_path / "wrong").exists()

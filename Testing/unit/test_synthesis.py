@@ -265,6 +265,34 @@ def test_train_synthesis_g4_trains_the_structural_encoder_beside_a_frozen_denois
     assert all(torch.equal(frozen[k], v) for k, v in bundle.model.denoiser.state_dict().items())
 
 
+def test_train_synthesis_fine_tunes_a_synthesis_bundle(synth_run, phantoms, tmp_path):
+    """--init with a synthesis bundle: its image first stage is used as it is (<run>/first_stage, no
+    autoencoder trained), its mask autoencoder and denoiser are the start; an --init of another
+    conditioning mechanism than the configuration's stops before the run folder is made."""
+    from brainldm.nets.synthesis_bundle import SynthesisBundle
+    from brainldm.train.synthesis import train_synthesis
+
+    run, _ = synth_run
+    tuned = train_synthesis("tiny-synth", phantoms, tmp_path / "tuned", init=run / "bundle", show_progress=False,
+                            overrides=[f"cache_dir={run / 'cache'}", "synthesis.mask_autoencoder.max_steps=1",
+                                       "synthesis.mask_autoencoder.lr=1e-12", "synthesis.denoiser.max_steps=1",
+                                       "synthesis.denoiser.lr=1e-12"])
+    assert tuned.state == "finished" and tuned.bundle is not None
+    assert (tmp_path / "tuned" / "first_stage" / "autoencoder.pt").is_file()
+    assert not (tmp_path / "tuned" / "autoencoder").exists()
+    before, after = SynthesisBundle.load(run / "bundle"), SynthesisBundle.load(tuned.bundle)
+    for network in ("autoencoder", "mask_autoencoder", "model"):
+        started = getattr(after, network).state_dict()
+        for name, weights in getattr(before, network).state_dict().items():
+            assert torch.allclose(weights, started[name], atol=1e-8), f"{network}.{name}"
+
+    with pytest.raises(SettingsError, match="is a concat model"):
+        train_synthesis("tiny-synth", phantoms, tmp_path / "wrong", init=run / "bundle", show_progress=False,
+                        overrides=["synthesis.conditioning.mechanism=structural",
+                                   "synthesis.denoiser.model.condition_channels=0"])
+    assert not (tmp_path / "wrong").exists()
+
+
 # ----------------------------------------------------------------------------------------- synth
 
 

@@ -96,51 +96,18 @@ def train_all(
     stage is not trained again. ``init`` (a model bundle) fine-tunes both stages from it.
     Returns the denoiser's TrainingResult (``.bundle`` set when exported).
     """
-    from brainldm.train.autoencoder import AutoencoderTrainer
-    from brainldm.train.control import runs_status
     from brainldm.train.denoiser import DenoiserTrainer
-    from brainldm.train.distributed import setup_distributed
     from brainldm.train.export import export_bundle
+    from brainldm.train.stages import StagedRun
 
-    run = RunDir(run_dir)
-    cfg = resolve_run_config(config, run.path, resume, overrides)
-    if cfg.cache and not cfg.cache_dir:
-        cfg.cache_dir = str(run.cache_dir)  # one cache for both stages
-    context = setup_distributed(cfg.device)
-    try:
-        if context.is_main:
-            run.create()
-            cfg.save(run.config_file)
-        ae_run = run.path / "autoencoder"
-        ae_done = resume and (ae_run / "status.json").exists() and runs_status(ae_run).state == "finished"
-        if not ae_done:
-            trainer = AutoencoderTrainer(
-                cfg, data_dir, ae_run, resume=resume and RunDir(ae_run).last_checkpoint.exists(), init=init,
-                context=context, status_mirrors=[run.path], show_progress=show_progress)
-            trainer.mirror_state_map = {"finished": "running"}
-            result = trainer.run()
-            if result.state != "finished":
-                return result
-        den_run = run.path / "denoiser"
-        trainer = DenoiserTrainer(
-            cfg, data_dir, den_run, autoencoder=ae_run, resume=resume and RunDir(den_run).last_checkpoint.exists(),
-            init=init, context=context, status_mirrors=[run.path], show_progress=show_progress)
-        if export:
-            trainer.mirror_state_map = {"finished": "running"}
-        result = trainer.run()
-        if result.state == "finished" and export:
-            bundle = None
-            if context.is_main:
-                bundle = export_bundle(den_run, run.path / "bundle", overwrite=True)
-                status = run.read_status()
-                if status is not None:
-                    status.state = "finished"
-                    status.message = f"finished; model bundle in {bundle}"
-                    run.write_status(status)
-            result.bundle = bundle
-        return result
-    finally:
-        context.shutdown()
+    with StagedRun(config, run_dir, resume, overrides, show_progress, export) as staged:
+        first_stage = staged.first_stage(data_dir, init=init)
+        if not isinstance(first_stage, Path):
+            return first_stage
+        folder = staged.folder("denoiser")
+        result = staged.train(DenoiserTrainer(staged.config, data_dir, folder, autoencoder=first_stage, init=init,
+                                              **staged.trainer_options(folder)), last=True)
+        return staged.export(result, folder, lambda run, out: export_bundle(run, out, overwrite=True), "model bundle")
 
 
 def build_parser() -> argparse.ArgumentParser:

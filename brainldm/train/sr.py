@@ -46,7 +46,6 @@ from brainldm.train.config import TrainingConfig
 from brainldm.train.data import check_compression, prepare_training_data
 from brainldm.train.denoiser import FIRST_STAGE_FILE, FirstStageSource
 from brainldm.train.loop import StageTrainer, apply_freeze
-from brainldm.train.rundir import RunDir
 from brainldm.train.state import ExponentialMovingAverage, load_checkpoint
 
 log = logging.getLogger("brainldm.train")
@@ -423,63 +422,21 @@ def train_sr(config, data_dir: str | Path, run_dir: str | Path, resume: bool = F
     bundle (its autoencoder). On ``resume`` finished sub-stages are not trained again. Returns the
     SR sub-stage's TrainingResult (``.bundle`` set when exported).
     """
-    from brainldm.train.autoencoder import AutoencoderTrainer
-    from brainldm.train.control import runs_status
-    from brainldm.train.distributed import setup_distributed
-    from brainldm.train.runner import resolve_run_config
+    from brainldm.train.stages import StagedRun
 
-    run = RunDir(run_dir)
-    cfg = resolve_run_config(config, run.path, resume, overrides)
-    _require_sr(cfg)
-    if cfg.cache and not cfg.cache_dir:
-        cfg.cache_dir = str(run.cache_dir)
+    staged = StagedRun(config, run_dir, resume, overrides, show_progress, export, require=_require_sr)
     parts = _init_parts(Path(init).expanduser() if init is not None else None)
-    context = setup_distributed(cfg.device)
-
-    def done(sub: Path) -> bool:
-        return resume and (sub / "status.json").exists() and runs_status(sub).state == "finished"
-
-    common = {"context": context, "status_mirrors": [run.path], "show_progress": show_progress}
-    try:
-        if context.is_main:
-            run.create()
-            cfg.save(run.config_file)
-        if autoencoder is not None:
-            image_path = Path(autoencoder).expanduser()
-        elif "image_path" in parts:
-            image_path = parts["image_path"]
-        elif "image" in parts:
-            image_path = run.path / "first_stage"
-            if context.is_main:
-                parts["image"].save(image_path / FIRST_STAGE_FILE)
-            context.barrier()
-        else:
-            image_path = run.path / "autoencoder"
-            if not done(image_path):
-                trainer = AutoencoderTrainer(cfg, data_dir, image_path,
-                                             resume=resume and RunDir(image_path).last_checkpoint.exists(), **common)
-                trainer.mirror_state_map = {"finished": "running"}
-                result = trainer.run()
-                if result.state != "finished":
-                    return result
-        sr_run = run.path / "sr"
-        trainer = SRTrainer(cfg, data_dir, sr_run, autoencoder=image_path, init_weights=parts.get("trainable"),
-                            resume=resume and RunDir(sr_run).last_checkpoint.exists(), **common)
-        trainer.mirror_state_map = {"finished": "running"} if export else {}
-        result = trainer.run()
-        if result.state == "finished" and export:
-            bundle = None
-            if context.is_main:
-                bundle = export_sr_bundle(sr_run, run.path / "bundle", overwrite=True)
-                status = run.read_status()
-                if status is not None:
-                    status.state = "finished"
-                    status.message = f"finished; SR model bundle in {bundle}"
-                    run.write_status(status)
-            result.bundle = bundle
-        return result
-    finally:
-        context.shutdown()
+    with staged:
+        given = Path(autoencoder).expanduser() if autoencoder is not None else parts.get("image_path")
+        first_stage = staged.first_stage(data_dir, given=given, source=parts.get("image"))
+        if not isinstance(first_stage, Path):
+            return first_stage
+        folder = staged.folder("sr")
+        trainer = SRTrainer(staged.config, data_dir, folder, autoencoder=first_stage,
+                            init_weights=parts.get("trainable"), **staged.trainer_options(folder))
+        result = staged.train(trainer, last=True)
+        return staged.export(result, folder, lambda run, out: export_sr_bundle(run, out, overwrite=True),
+                             "SR model bundle")
 
 
 __all__ = ["SRTrainer", "export_sr_bundle", "psnr_per_image", "read_sr_first_stage", "train_sr"]

@@ -837,94 +837,47 @@ def train_synthesis(
     bundle (fine-tune). On ``resume`` finished sub-stages are not trained again. Returns the
     synthesis sub-stage's TrainingResult (``.bundle`` set when exported).
     """
-    from brainldm.train.control import runs_status
     from brainldm.train.denoiser import DenoiserTrainer as BaseDenoiserTrainer
-    from brainldm.train.distributed import setup_distributed
-    from brainldm.train.runner import resolve_run_config
+    from brainldm.train.stages import StagedRun
 
-    run = RunDir(run_dir)
-    cfg = resolve_run_config(config, run.path, resume, overrides)
-    _require_synthesis(cfg)
-    if cfg.cache and not cfg.cache_dir:
-        cfg.cache_dir = str(run.cache_dir)
-    init_path = Path(init).expanduser() if init is not None else None
-    parts = _init_parts(init_path)
+    staged = StagedRun(config, run_dir, resume, overrides, show_progress, export, require=_require_synthesis)
+    cfg = staged.config
+    parts = _init_parts(Path(init).expanduser() if init is not None else None)
     if parts.get("mechanism") not in (None, cfg.synthesis.conditioning.mechanism):
         raise SettingsError(f"--init {init} is a {parts['mechanism']} model; the configuration asks for "
                             f"{cfg.synthesis.conditioning.mechanism}.")
-    structural = cfg.synthesis.conditioning.mechanism == "structural"
-    context = setup_distributed(cfg.device)
-
-    def done(sub: Path) -> bool:
-        return resume and (sub / "status.json").exists() and runs_status(sub).state == "finished"
-
-    def run_stage(trainer, last: bool = False):
-        trainer.mirror_state_map = {} if (last and not export) else {"finished": "running"}
-        return trainer.run()
-
-    common = {"context": context, "status_mirrors": [run.path], "show_progress": show_progress}
-    try:
-        if context.is_main:
-            run.create()
-            cfg.save(run.config_file)
+    with staged:
         # 1. image first stage
-        if autoencoder is not None:
-            image_path = Path(autoencoder).expanduser()
-        elif "image_path" in parts:
-            image_path = parts["image_path"]
-        elif "image" in parts:
-            image_path = run.path / "first_stage"
-            if context.is_main:
-                parts["image"].save(image_path / "autoencoder.pt")
-            context.barrier()
-        else:
-            image_path = run.path / "autoencoder"
-            if not done(image_path):
-                trainer = AutoencoderTrainer(cfg, data_dir, image_path, resume=resume and RunDir(
-                    image_path).last_checkpoint.exists(), **common)
-                result = run_stage(trainer)
-                if result.state != "finished":
-                    return result
+        given = Path(autoencoder).expanduser() if autoencoder is not None else parts.get("image_path")
+        image_path = staged.first_stage(data_dir, given=given, source=parts.get("image"))
+        if not isinstance(image_path, Path):
+            return image_path
         # 2. the frozen denoiser of G4
         backbone = None
-        if structural:
-            if parts.get("backbone") is not None:
-                backbone = parts["backbone"]
-            else:
-                backbone = run.path / "denoiser"
-                if not done(backbone):
-                    trainer = BaseDenoiserTrainer(cfg, data_dir, backbone, autoencoder=image_path,
-                                                  resume=resume and RunDir(backbone).last_checkpoint.exists(), **common)
-                    result = run_stage(trainer)
-                    if result.state != "finished":
-                        return result
+        if cfg.synthesis.conditioning.mechanism == "structural":
+            backbone = parts.get("backbone")
+            if backbone is None:
+                backbone = staged.folder("denoiser")
+                stopped = staged.train_unless_finished(
+                    lambda options: BaseDenoiserTrainer(cfg, data_dir, backbone, autoencoder=image_path, **options),
+                    backbone)
+                if stopped is not None:
+                    return stopped
         # 3. mask autoencoder
-        mask_run = run.path / "mask_autoencoder"
-        if not done(mask_run):
-            trainer = MaskAutoencoderTrainer(cfg, data_dir, mask_run, init_weights=parts.get("mask"),
-                                             resume=resume and RunDir(mask_run).last_checkpoint.exists(), **common)
-            result = run_stage(trainer)
-            if result.state != "finished":
-                return result
+        mask_run = staged.folder("mask_autoencoder")
+        stopped = staged.train_unless_finished(
+            lambda options: MaskAutoencoderTrainer(cfg, data_dir, mask_run, init_weights=parts.get("mask"), **options),
+            mask_run)
+        if stopped is not None:
+            return stopped
         # 4. conditioned denoiser / structural encoder
-        synth_run = run.path / "synthesis"
+        synth_run = staged.folder("synthesis")
         trainer = SynthesisTrainer(cfg, data_dir, synth_run, autoencoder=image_path, mask_autoencoder=mask_run,
                                    backbone=backbone, init_weights=parts.get("trainable"),
-                                   resume=resume and RunDir(synth_run).last_checkpoint.exists(), **common)
-        result = run_stage(trainer, last=True)
-        if result.state == "finished" and export:
-            bundle = None
-            if context.is_main:
-                bundle = export_synthesis_bundle(synth_run, run.path / "bundle", overwrite=True)
-                status = run.read_status()
-                if status is not None:
-                    status.state = "finished"
-                    status.message = f"finished; synthesis model bundle in {bundle}"
-                    run.write_status(status)
-            result.bundle = bundle
-        return result
-    finally:
-        context.shutdown()
+                                   **staged.trainer_options(synth_run))
+        result = staged.train(trainer, last=True)
+        return staged.export(result, synth_run, lambda run, out: export_synthesis_bundle(run, out, overwrite=True),
+                             "synthesis model bundle")
 
 
 __all__ = [
