@@ -154,13 +154,14 @@ def wait_for_view(page, tag: str, condition, timeout: float = 60.0, what: str = 
         time.sleep(0.5)
 
 
-def settled_view(page, tag: str, timeout: float = 30.0) -> np.ndarray:
-    """A view's pixels once two screenshots 0.5 s apart agree (the picture has stopped changing)."""
+def settled_view(page, tag: str, timeout: float = 30.0, image_only: bool = False) -> np.ndarray:
+    """A view's pixels once two screenshots 0.5 s apart agree (the picture has stopped changing);
+    ``image_only`` as in :func:`view_pixels`."""
     deadline = time.monotonic() + timeout
-    previous = view_pixels(page, tag)
+    previous = view_pixels(page, tag, image_only)
     while True:
         time.sleep(0.5)
-        pixels = view_pixels(page, tag)
+        pixels = view_pixels(page, tag, image_only)
         if pixels.shape == previous.shape and np.abs(pixels.astype(int) - previous.astype(int)).mean() < 0.3:
             return pixels
         if time.monotonic() > deadline:

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from studio_browser import (
     brain_coordinates,
     bright_fraction,
     keep_picture,
+    settled_view,
     start_studio,
     view_locator,
     view_pixels,
@@ -117,9 +119,11 @@ def test_paint_a_lesion_and_synthesize_it(page, studio, tiny_synthesis_model, sc
     for tag in SYNTHETIC:
         wait_for_view(page, tag, lambda p: bright_fraction(p) > 0.05, what="a synthetic sequence")
         assert "synthetic" in page.inner_text(f"#view-{tag}")
-    time.sleep(1.0)  # the last renders of the column
-    original = view_pixels(page, FLAIR_IN, image_only=True, save=screenshots / "05-flair.png")
-    synthetic = view_pixels(page, FLAIR_SYNTH, image_only=True, save=screenshots / "05-flair-synthetic.png")
+    # settled pictures: a frame still at the stream's interactive JPEG quality differs at every edge
+    original = settled_view(page, FLAIR_IN, image_only=True)
+    synthetic = settled_view(page, FLAIR_SYNTH, image_only=True)
+    for picture, name in ((original, "05-flair.png"), (synthetic, "05-flair-synthetic.png")):
+        Image.fromarray(picture).save(screenshots / name)
     assert original.shape == synthetic.shape
     # ... and differ from the subject's only around the painted lesion: same slice, same brain outside it
     changed = changed_mask(original, synthetic)
