@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import pytest
 import yaml
 
@@ -110,6 +111,25 @@ def test_wrong_types_and_values_are_settings_errors():
         load_config("cpu-small", ["denoiser.model.channels=[32,60,64]"])
     with pytest.raises(SettingsError, match="Unknown training preset"):
         load_config("no-such-preset")
+
+
+@pytest.mark.parametrize(("preset", "override", "message"), [
+    ("cpu-small", "denoiser.lr=0", "denoiser.lr must be positive"),
+    ("cpu-small", "autoencoder.ema_decay=1", "autoencoder.ema_decay must be in"),
+    ("cpu-small", "denoiser.stacked_sampler_mb=-1", "denoiser.stacked_sampler_mb must be >= 0"),
+    ("cpu-small", "denoiser.val_patches=-1", "denoiser.val_patches must be at least 0"),
+    ("tiny-sr", "sr.denoiser.lr=0", "sr.denoiser.lr must be positive"),
+    ("tiny-sr", "sr.denoiser.log_every=0", "sr.denoiser.log_every must be at least 1"),
+    ("tiny-sr", "sr.denoiser.val_patches=0", "sr.denoiser.val_patches must be at least 1"),
+    ("tiny-sr", "sr.denoiser.pool_size=0", "sr.denoiser.pool_size must be at least 1"),
+    ("tiny-sr", "sr.denoiser.patch_size=[64]", "two positive sizes"),
+    ("tiny-sr", "sr.denoiser.stacked_sampler_mb=5", "Unknown setting 'sr.denoiser.stacked_sampler_mb'"),
+])
+def test_every_stage_checks_the_shared_loop_settings_under_its_own_name(preset, override, message):
+    """The loop settings (LoopSettings) are checked the same way in the detection stages and the SR
+    stage, each error naming the section; the stacked sampler is the detection stages' own."""
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_config(preset, [override]).validate()
 
 
 def test_config_round_trips_through_yaml(tmp_path):

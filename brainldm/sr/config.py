@@ -21,6 +21,7 @@ from typing import Any, Literal
 from brainldm.diffusion.schedule import ScheduleConfig
 from brainldm.errors import SettingsError
 from brainldm.nets.config import AutoencoderConfig, ConditioningConfig, DenoiserConfig
+from brainldm.train.loop_settings import LoopSettings
 
 PIPELINES = ("mri", "esrgan")
 BlendMode = Literal["gaussian", "constant"]
@@ -118,7 +119,7 @@ def _sr_denoiser() -> DenoiserConfig:
 
 
 @dataclass
-class SRStage:
+class SRStage(LoopSettings):
     """Training of the SR denoiser and its structural encoder (``sr.denoiser``).
 
     The loss is the noise-prediction loss of the detection denoiser (Eq. 2.31) with the scaled
@@ -127,7 +128,7 @@ class SRStage:
         t ~ U{0 .. train_strength * T - 1},  z_t = sqrt(abar_t) s E(HR) + sqrt(1 - abar_t) eps
         L = || eps - eps_theta(z_t, t | c = s E(bicubic(LR))) ||^2
 
-    Attributes (beyond the shared stage settings of :class:`~brainldm.train.config.StageSettings`)
+    Attributes (beyond the loop settings of :class:`~brainldm.train.loop_settings.LoopSettings`)
     ----------
     model:
         The denoiser (2D, no position embedding, no concatenated channels); the structural encoder
@@ -152,26 +153,12 @@ class SRStage:
         Latents are multiplied by this before diffusion; null = 1 / std of the training HR latents.
     """
 
-    model: DenoiserConfig = field(default_factory=_sr_denoiser)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     patch_size: tuple[int, ...] = (64, 64)
     batch_size: int = 16
-    max_steps: int = 1000
     lr: float = 5e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0
-    warmup_steps: int = 0
-    ema_decay: float = 0.0
-    val_every: int = 100
     val_patches: int = 16
-    patience: int = 0
-    min_delta: float = 0.0
-    checkpoint_every: int = 100
-    log_every: int = 10
-    max_minutes: float = 0.0
-    flip_prob: float = 0.5
-    freeze: list[str] = field(default_factory=list)
+    model: DenoiserConfig = field(default_factory=_sr_denoiser)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     pipelines: tuple[str, ...] = PIPELINES
     scale: float = 2.0
     pool_size: int = 64
@@ -184,17 +171,9 @@ class SRStage:
         if len(self.patch_size) != 2 or any(int(s) <= 0 for s in self.patch_size):
             raise SettingsError(f"{section}.patch_size must be two positive sizes (a 2D patch), got "
                                 f"{list(self.patch_size)}.")
-        for name in ("batch_size", "max_steps", "val_every", "checkpoint_every", "log_every", "pool_size"):
-            if int(getattr(self, name)) < 1:
-                raise SettingsError(f"{section}.{name} must be at least 1, got {getattr(self, name)}.")
-        if self.lr <= 0:
-            raise SettingsError(f"{section}.lr must be positive, got {self.lr}.")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise SettingsError(f"{section}.ema_decay must be in [0, 1) (0 = no EMA), got {self.ema_decay}.")
-        if not 0.0 <= self.flip_prob <= 1.0:
-            raise SettingsError(f"{section}.flip_prob must be in [0, 1], got {self.flip_prob}.")
-        if self.val_patches < 1 or self.patience < 0 or self.grad_clip < 0 or self.max_minutes < 0:
-            raise SettingsError(f"{section}: val_patches must be >= 1; patience, grad_clip, max_minutes >= 0.")
+        self.validate_loop(section, 2, min_val_patches=1)
+        if int(self.pool_size) < 1:
+            raise SettingsError(f"{section}.pool_size must be at least 1, got {self.pool_size}.")
         if self.pool_refresh < 0 or self.pool_refresh > self.pool_size:
             raise SettingsError(f"{section}.pool_refresh must lie in [0, pool_size], got {self.pool_refresh}.")
         bad = [p for p in self.pipelines if p not in PIPELINES]

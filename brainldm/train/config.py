@@ -57,6 +57,7 @@ from brainldm.nets.config import (
     cpu_mask_kl_2d,
 )
 from brainldm.sr.config import SRSettings
+from brainldm.train.loop_settings import LoopSettings
 from brainldm.train.settings import (
     apply_overrides,
     deep_merge,
@@ -71,59 +72,22 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 @dataclass
-class StageSettings:
-    """Settings shared by both training stages (optimiser, loop, checkpoints, stopping).
-
-    ``patch_size`` is in image voxels (the denoiser's latent patch is ``patch_size /
-    compression``). ``max_minutes > 0`` ends the stage (as "finished") after that much
-    training time, counted across resumes. ``patience`` counts validations without an
-    improvement of at least ``min_delta`` (0 = never stop early). ``freeze`` lists
-    sub-modules (attribute paths, e.g. ``net.encoder``) whose weights stay fixed, for
-    fine-tuning with ``--init``. 2D models: when the training volumes (first stage) or latents
-    (denoiser) take at most ``stacked_sampler_mb`` they are stacked on the training device and
-    whole batches are drawn at once (:mod:`brainldm.train.slice_sampler`, same distribution;
-    0 = always the per-patch sampler).
+class StageSettings(LoopSettings):
+    """Settings shared by the detection and synthesis stages: those of every training loop
+    (:class:`~brainldm.train.loop_settings.LoopSettings`: optimiser, loop, checkpoints, stopping,
+    ``freeze`` for fine-tuning with ``--init``) and, for 2D models, the stacked sampler: when the
+    training volumes (first stage) or latents (denoiser) take at most ``stacked_sampler_mb`` they
+    are stacked on the training device and whole batches are drawn at once
+    (:mod:`brainldm.train.slice_sampler`, same distribution; 0 = always the per-patch sampler).
+    The denoiser's latent patch is ``patch_size / compression``.
     """
 
-    patch_size: tuple[int, ...] = (64, 64, 64)
-    batch_size: int = 2
-    max_steps: int = 1000
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0
-    warmup_steps: int = 0
-    ema_decay: float = 0.0
-    val_every: int = 100
-    val_patches: int = 8
-    patience: int = 0
-    min_delta: float = 0.0
-    checkpoint_every: int = 100
-    log_every: int = 10
-    max_minutes: float = 0.0
-    flip_prob: float = 0.5
-    freeze: list[str] = field(default_factory=list)
     stacked_sampler_mb: float = 2048.0
 
     def validate_common(self, section: str, spatial_dims: int) -> None:
-        if len(self.patch_size) != spatial_dims:
-            raise SettingsError(f"{section}.patch_size {list(self.patch_size)} must have {spatial_dims} entries "
-                                f"(spatial_dims of the model).")
-        if any(s <= 0 for s in self.patch_size):
-            raise SettingsError(f"{section}.patch_size must be positive, got {list(self.patch_size)}.")
-        for name in ("batch_size", "max_steps", "val_every", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"{section}.{name} must be at least 1, got {getattr(self, name)}.")
-        if self.lr <= 0:
-            raise SettingsError(f"{section}.lr must be positive, got {self.lr}.")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise SettingsError(f"{section}.ema_decay must be in [0, 1) (0 = no EMA), got {self.ema_decay}.")
-        if not 0.0 <= self.flip_prob <= 1.0:
-            raise SettingsError(f"{section}.flip_prob must be in [0, 1], got {self.flip_prob}.")
-        if (self.val_patches < 0 or self.patience < 0 or self.grad_clip < 0 or self.max_minutes < 0
-                or self.stacked_sampler_mb < 0):
-            raise SettingsError(f"{section}: val_patches, patience, grad_clip, max_minutes and stacked_sampler_mb "
-                                "must be >= 0.")
+        self.validate_loop(section, spatial_dims)
+        if self.stacked_sampler_mb < 0:
+            raise SettingsError(f"{section}.stacked_sampler_mb must be >= 0, got {self.stacked_sampler_mb}.")
 
 
 @dataclass
